@@ -46,7 +46,6 @@ def loopback_env(domain_id: int | None = None, base: dict | None = None) -> dict
     env['ROS_LOCALHOST_ONLY'] = '0'  # deprecated knob; the range above is the one in force
     profile = str(config_path(PROFILE_NAME))
     env['FASTDDS_DEFAULT_PROFILES_FILE'] = profile
-    env['FASTRTPS_DEFAULT_PROFILES_FILE'] = profile
     env['PYTHONUNBUFFERED'] = '1'
     if domain_id is not None:
         env['ROS_DOMAIN_ID'] = str(domain_id)
