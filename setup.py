@@ -36,7 +36,6 @@ setup(
     maintainer_email='maintainers@r3d-ros.invalid',
     description='3D scene reasoning (3D-R1) for ROS 2: mapping, view selection, VLM reasoning, training.',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             # nodes (ros2 run r3d_ros <name>)

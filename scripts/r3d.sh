@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# r3d_ros: set up the environment (idempotent) and run the main job or the tests.
+#
+#   bash scripts/r3d.sh demo     # set up, then run the main job on the embedded default (CPU, no downloads)
+#   bash scripts/r3d.sh test     # set up, then ruff + the whole test suite
+#   bash scripts/r3d.sh setup    # only set up
+#
+# Set-up: Debian packages (libusb for open3d, Java for the COCO caption metrics, tcpdump for the
+# loopback-only check), a Python 3.11 venv in .venv with the pinned CPU torch installed first (so nothing
+# pulls a multi-GB CUDA build), requirements.txt, and this package in editable mode. A stamp of the
+# dependency files makes a second run skip pip entirely.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+PY=${R3D_PYTHON:-python3.11}
+TORCH_PIN=torch==2.13.0
+
+log() { printf '\033[1m[r3d]\033[0m %s\n' "$*"; }
+
+ensure_debian_packages() {
+  local missing=()
+  ldconfig -p | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
+  ldconfig -p | grep -q 'libgomp.so.1' || missing+=(libgomp1)
+  command -v java >/dev/null || missing+=(default-jre-headless)
+  command -v tcpdump >/dev/null || missing+=(tcpdump)
+  if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+stamp() { cat requirements.txt constraints.txt setup.py setup.cfg scripts/r3d.sh | sha256sum | cut -d' ' -f1; }
+
+ensure_venv() {
+  if [ -f "$VENV/.r3d_stamp" ] && [ "$(cat "$VENV/.r3d_stamp")" = "$(stamp)" ]; then
+    log "environment up to date ($VENV)"
+    return
+  fi
+  command -v "$PY" >/dev/null || PY=python3
+  "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), "the ROS 2 Kilted wheels need CPython 3.11"'
+  [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
+  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+  log "installing $TORCH_PIN (CPU build) first"
+  "${pip[@]}" install "$TORCH_PIN"
+  log "installing requirements.txt"
+  "${pip[@]}" install -r requirements.txt -c constraints.txt "$TORCH_PIN"
+  log "installing r3d_ros (editable)"
+  "${pip[@]}" install --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
+  stamp > "$VENV/.r3d_stamp"
+}
+
+setup() {
+  ensure_debian_packages
+  ensure_venv
+  export PATH="$VENV/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+}
+
+cmd=${1:-demo}; shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo)
+    setup
+    exec "$VENV/bin/r3d-demo" "$@" ;;
+  test)
+    setup
+    log "ruff check"
+    "$VENV/bin/ruff" check .
+    log "pytest"
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    rc=$?
+    set -e
+    # pytest exits 5 when it collected nothing: that is a broken suite here, not a pass
+    exit $rc ;;
+  *) echo "usage: $0 {demo|test|setup} [args...]" >&2; exit 2 ;;
+esac
