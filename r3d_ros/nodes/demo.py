@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
