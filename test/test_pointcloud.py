@@ -179,3 +179,23 @@ def test_fuzz_random_messages_only_raise_codec_error(data):
         read_fields(m, ['x', 'i'])
     except PointCloudError:
         pass
+
+
+@pytest.mark.parametrize('step, ox', [(16, 0), (32, 0), (32, 8), (20, 0)])
+def test_non_finite_points_dropped_on_every_layout(step, ox):
+    """The contiguous fast path (16/32-byte points) and the general path drop exactly the bad rows."""
+    n = 200
+    dtype = np.dtype({'names': ['x', 'y', 'z', 'rgb'], 'formats': ['<f4', '<f4', '<f4', '<u4'],
+                      'offsets': [ox, ox + 4, ox + 8, ox + 12], 'itemsize': step})
+    arr = np.zeros(n, dtype)
+    rng = np.random.default_rng(step + ox)
+    for c in 'xyz':
+        arr[c] = rng.normal(size=n)
+    arr['rgb'] = 0xFF00FF00  # alpha byte set: the packed colour's float bits are NaN, which must not matter
+    bad = rng.choice(n, 17, replace=False)
+    for j, i in enumerate(bad):
+        arr['xyz'[j % 3]][i] = (np.nan, np.inf, -np.inf)[j % 3]
+    xyz, rgb = xyz_rgb_from_cloud(cloud_from_structured(arr))
+    keep = np.setdiff1d(np.arange(n), bad)
+    np.testing.assert_array_equal(xyz, np.stack([arr[c][keep] for c in 'xyz'], axis=1))
+    assert (rgb == [0, 255, 0]).all() and len(rgb) == len(keep)
