@@ -49,7 +49,8 @@ class ManagedProcess:
         return self.proc.poll() is None
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors='replace')
 
     def _signal_group(self, sig: int) -> None:

@@ -100,6 +100,12 @@ class RosProbe:
         with lock:
             return list(got)
 
+    def listen(self, topic: str, msg_type: Any, qos: QoSProfile | int | None = None) -> Listener:
+        """Subscribe now and keep every message, for request/response patterns (subscribe before sending)."""
+        listener = Listener()
+        listener.sub = self.node.create_subscription(msg_type, topic, listener._on_msg, qos if qos is not None else 10)
+        return listener
+
     def publisher(self, topic: str, msg_type: Any, qos: QoSProfile | int | None = None):
         return self.node.create_publisher(msg_type, topic, qos if qos is not None else 10)
 
@@ -114,6 +120,34 @@ class RosProbe:
             return future.result()
         finally:
             self.node.destroy_client(client)
+
+
+class Listener:
+    """Messages received on one subscription; ``wait`` blocks until one satisfies a predicate."""
+
+    def __init__(self):
+        self.messages: list = []
+        self._cond = threading.Condition()
+        self.sub = None
+
+    def _on_msg(self, msg) -> None:
+        with self._cond:
+            self.messages.append(msg)
+            self._cond.notify_all()
+
+    def wait(self, predicate: Callable[[Any], bool] = lambda m: True, timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for msg in self.messages[seen:]:
+                    if predicate(msg):
+                        return msg
+                seen = len(self.messages)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f'no matching message within {timeout:.1f}s ({seen} received)')
+                self._cond.wait(left)
 
 
 def _poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -1,0 +1,245 @@
+"""Question -> answer for one scene map, without ROS: view selection, the 3D-R1 model, parsing, plan checks.
+
+The reasoner node, the offline evaluator and training's evaluation all call :class:`ScenePipeline`, so a
+question gets the same treatment live on a robot, on a replayed bag and on a dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+import threading
+import time
+
+import numpy as np
+
+from r3d_ros.output_format import Box, PlanStep, parse_completion
+from r3d_ros.plan_validation import validate_plan
+
+ASSETS = Path(__file__).resolve().parent / 'assets'
+#: Embedded default checkpoints, best first: the trained tiny model, then the untrained one.
+DEFAULT_MODELS = (ASSETS / 'r3d_tiny', ASSETS / 'r3d_tiny_untrained')
+
+STATUS_OK, STATUS_ERROR, STATUS_BUSY, STATUS_CANCELLED = 'ok', 'error', 'busy', 'cancelled'
+STATUS_INVALID_PLAN = 'invalid_plan'
+
+
+class PipelineError(RuntimeError):
+    """A request the pipeline refuses (bad input, no model): reported to the caller, never fatal."""
+
+
+@dataclass
+class PipelineResult:
+    id: str = ''
+    question: str = ''
+    task: str | None = None  # informational (the model reads the question itself); kept for evaluation
+    status: str = STATUS_OK
+    message: str = ''
+    think: str = ''
+    answer: str = ''
+    answer_text: str = ''
+    boxes: list[Box] = field(default_factory=list)
+    plan: list[PlanStep] = field(default_factory=list)
+    format_valid: bool = False
+    views: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    raw: str = ''
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d['boxes'] = [{'ref': b.ref, 'label': b.label, 'center': list(b.center), 'size': list(b.size)}
+                      for b in self.boxes]
+        d['plan'] = [{'action': s.action, 'target': s.target, 'position': list(s.position)} for s in self.plan]
+        return d
+
+
+def default_model_path() -> Path:
+    for p in DEFAULT_MODELS:
+        if (p / 'config.json').exists():
+            return p
+    raise PipelineError('no embedded model found under ' + ', '.join(map(str, DEFAULT_MODELS)))
+
+
+def pick_device(device: str = 'auto') -> str:
+    import torch
+
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise PipelineError(f'device {device!r} requested but CUDA is not available')
+    return device
+
+
+class _TokenCallbackStreamer:
+    """transformers streamer protocol (put/end) forwarding decoded text pieces to a callback."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self._ids: list[int] = []
+        self._sent = 0
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        self._ids.extend(int(v) for v in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self._ids, skip_special_tokens=False)
+        if len(text) > self._sent:
+            self.on_text(text[self._sent:])
+            self._sent = len(text)
+
+    def end(self) -> None:
+        pass
+
+
+class ScenePipeline:
+    """View selection + 3D-R1 generation + parsing + plan validation for one question on one map."""
+
+    def __init__(self, model, processor, selector=None, device: str = 'cpu', num_views: int = 6,
+                 max_new_tokens: int = 256, max_question_chars: int = 2000):
+        self.model, self.processor, self.selector = model, processor, selector
+        self.device, self.num_views = device, num_views
+        self.max_new_tokens, self.max_question_chars = max_new_tokens, max_question_chars
+        self.model_path = ''
+        self._lock = threading.Lock()  # one generation at a time per model
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str = 'auto', num_views: int = 6,
+                        max_new_tokens: int = 256, with_views: bool = True, **kw) -> ScenePipeline:
+        """Load model + processor from ``path`` (default: the embedded checkpoint) and a view selector."""
+        path = Path(path) if path else default_model_path()
+        if not (path / 'config.json').exists():
+            raise PipelineError(f'no model checkpoint at {path} (config.json missing)')
+        import torch
+
+        from r3d_ros.model import R3DForConditionalGeneration, R3DProcessor
+
+        device = pick_device(device)
+        dtype = torch.bfloat16 if device.startswith('cuda') else torch.float32
+        model = R3DForConditionalGeneration.from_pretrained(str(path), dtype=dtype).to(device).eval()
+        processor = R3DProcessor.from_pretrained(str(path))
+        selector = None
+        if with_views and num_views > 0 and getattr(model.config, 'use_views', True):
+            from r3d_ros.views import ViewSelector, ViewSelectorConfig
+
+            selector = ViewSelector(ViewSelectorConfig(top_k=num_views), device=device)
+        pipe = cls(model, processor, selector, device=device, num_views=num_views,
+                   max_new_tokens=max_new_tokens, **kw)
+        pipe.model_path = str(path)
+        return pipe
+
+    # -----------------------------------------------------------------------------------------
+    def check_question(self, question: str) -> str:
+        question = (question or '').strip()
+        if not question:
+            raise PipelineError('empty question')
+        if len(question) > self.max_question_chars:
+            raise PipelineError(f'question has {len(question)} characters (limit {self.max_question_chars})')
+        return question
+
+    def answer(self, points: np.ndarray, colors: np.ndarray, question: str, query_id: str = '',
+               stop_event: threading.Event | None = None, on_text: Callable[[str], None] | None = None,
+               known_objects: dict[str, Box] | None = None) -> PipelineResult:
+        """Answer ``question`` about the map (points (N,3) metres, colors (N,3) uint8). Never raises."""
+        result = PipelineResult(id=query_id, question=question)
+        t0 = time.perf_counter()
+        try:
+            result.question = question = self.check_question(question)
+            if points is None or len(points) == 0:
+                raise PipelineError('no map yet (empty scene)')
+            points = np.asarray(points, np.float32)
+            colors = np.asarray(colors, np.uint8) if colors is not None else np.full((len(points), 3), 128, np.uint8)
+            with self._lock:
+                self._run(points, colors, question, result, stop_event, on_text)
+            if result.status == STATUS_OK and result.plan:
+                self._check_plan(points, result, known_objects)
+        except PipelineError as exc:
+            result.status, result.message = STATUS_ERROR, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a node must answer every request, whatever broke
+            result.status, result.message = STATUS_ERROR, _describe(exc)
+            _release_gpu_memory()
+        result.timings['total_s'] = time.perf_counter() - t0
+        return result
+
+    def _run(self, points, colors, question, result, stop_event, on_text) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        t = time.perf_counter()
+        views_rgb = views_depth = None
+        if self.selector is not None:
+            selection = self.selector.select(points, colors, question, k=self.num_views)
+            views_rgb = [[v.rgb for v in selection.views]]
+            views_depth = [[v.depth for v in selection.views]]
+            result.views = [{'index': int(v.index), 'pose': np.asarray(v.pose).tolist(),
+                             'scores': {k: float(s) for k, s in v.scores.items()}} for v in selection.views]
+        result.timings['view_selection_s'] = time.perf_counter() - t
+        if stop_event is not None and stop_event.is_set():
+            result.status = STATUS_CANCELLED
+            return
+        t = time.perf_counter()
+        cloud = np.concatenate([points, colors.astype(np.float32) / 255.0], axis=1)
+        batch = self.processor(questions=[question], point_clouds=[cloud], views=views_rgb, depths=views_depth,
+                               return_tensors='pt')
+        batch = {k: (v.to(self.device) if hasattr(v, 'to') else v) for k, v in batch.items()}
+        result.timings['preprocess_s'] = time.perf_counter() - t
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return torch.full((input_ids.shape[0],), bool(stop_event is not None and stop_event.is_set()),
+                                  dtype=torch.bool, device=input_ids.device)
+
+        tokenizer = getattr(self.processor, 'tokenizer', self.processor)
+        streamer = _TokenCallbackStreamer(tokenizer, on_text) if on_text is not None else None
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      stopping_criteria=StoppingCriteriaList([_Cancel()]), streamer=streamer)
+        result.timings['generate_s'] = time.perf_counter() - t
+        new_tokens = out[0, batch['input_ids'].shape[1]:]
+        result.timings['new_tokens'] = int(new_tokens.numel())
+        if stop_event is not None and stop_event.is_set():
+            result.status, result.message = STATUS_CANCELLED, 'cancelled while decoding'
+        text = self.processor.batch_decode(new_tokens[None], skip_special_tokens=False)[0]
+        text = _strip_special(text, tokenizer)
+        parsed = parse_completion(text)
+        result.raw, result.think, result.answer = text, parsed.think, parsed.answer
+        result.answer_text, result.boxes, result.plan = parsed.answer_text, parsed.boxes, parsed.plan
+        result.format_valid = parsed.format_valid
+
+    def _check_plan(self, points: np.ndarray, result: PipelineResult, known: dict[str, Box] | None) -> None:
+        objects = dict(known or {})
+        objects.update({b.ref: b for b in result.boxes})
+        bounds = (points.min(axis=0), points.max(axis=0))
+        check = validate_plan(result.plan, objects, bounds)
+        if not check.ok:
+            result.status = STATUS_INVALID_PLAN
+            result.message = '; '.join(check.errors)
+
+
+def _strip_special(text: str, tokenizer) -> str:
+    """Drop padding/eos markers but keep the think/answer/box/plan markers the parser needs."""
+    for tok in {getattr(tokenizer, 'eos_token', None), getattr(tokenizer, 'pad_token', None),
+                getattr(tokenizer, 'bos_token', None)} - {None}:
+        text = text.replace(tok, '')
+    return text.strip()
+
+
+def _describe(exc: BaseException) -> str:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return f'GPU out of memory: {exc}'.splitlines()[0]
+    return f'{type(exc).__name__}: {exc}'.splitlines()[0][:500]
+
+
+def _release_gpu_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort cleanup after a failure
+        pass

@@ -1,0 +1,141 @@
+"""reasoner node: error paths keep it alive; plan safety; launch files and bring-up agree."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+import time
+
+import pytest
+from std_msgs.msg import String
+import yaml
+
+from r3d_ros.nodes.reasoner_node import parse_query
+from r3d_ros.output_format import Box, PlanStep
+from r3d_ros.plan_validation import validate_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _answers(ros_node):
+    return ros_node.listen('answer', String)
+
+
+def _by_id(qid):
+    return lambda m: json.loads(m.data).get('id') == qid
+
+
+def _ask(pub, payload, listener, timeout=30.0, match=None):
+    pub.publish(String(data=json.dumps(payload) if isinstance(payload, dict) else payload))
+    return json.loads(listener.wait(match or _by_id(payload['id']), timeout).data)
+
+
+@pytest.mark.ros
+def test_model_load_failure_answers_every_query_with_an_error(launch_node, ros_node, tmp_path):
+    node = launch_node('reasoner', params={'model_path': str(tmp_path / 'no_such_checkpoint')})
+    answers = _answers(ros_node)
+    pub = ros_node.publisher('query', String)
+    assert ros_node.wait_for_subscriber('query', timeout=30), node.output()
+    for i in range(2):  # still answering after the first failure
+        got = _ask(pub, {'id': f'q{i}', 'question': 'what is on the table?'}, answers)
+        assert got['status'] == 'error' and 'model load failed' in got['message'], got
+        assert 'no model checkpoint' in got['message']
+    # malformed JSON: an error answer (no id to match on), and the node keeps going
+    bad = _ask(pub, '{"id": "x", "question": ', answers, match=lambda m: 'malformed' in m.data)
+    assert bad['status'] == 'error'
+    assert node.alive()
+    text = ros_node.listen('answer_text', String)
+    pub.publish(String(data=json.dumps({'id': 'q9', 'question': 'x'})))
+    assert text.wait(lambda m: m.data.startswith('[error]'), 20)
+
+
+def test_parse_query_plain_and_json():
+    plain = parse_query('where is the red chair?')
+    assert plain['question'] == 'where is the red chair?' and plain['id']
+    q = parse_query('{"id": "a1", "question": "count the lamps", "task": "counting"}')
+    assert (q['id'], q['question'], q['task']) == ('a1', 'count the lamps', 'counting')
+    assert 'error' in parse_query('{"id": 1')
+
+
+TABLE = Box('table_1', (2.0, 1.0, 0.4), (1.2, 0.8, 0.8))
+CUP = Box('cup_2', (2.1, 1.0, 0.85), (0.1, 0.1, 0.1))
+BOUNDS = ((0, 0, 0), (5, 4, 2.5))
+
+
+def test_valid_plan_passes():
+    steps = [PlanStep('navigate_to', 'table_1', (2.0, 0.3, 0.0)), PlanStep('pick', 'cup_2', (2.1, 1.0, 0.85))]
+    check = validate_plan(steps, {'table_1': TABLE, 'cup_2': CUP}, BOUNDS)
+    assert check.ok, check.errors
+
+
+@pytest.mark.parametrize('steps, reason', [
+    ([PlanStep('throw', 'cup_2', (2.1, 1.0, 0.85))], 'not one of'),
+    ([PlanStep('navigate_to', 'sofa_9', (1.0, 1.0, 0.0))], 'not a known object'),
+    ([PlanStep('navigate_to', 'table_1', (40.0, 1.0, 0.0))], 'outside the map bounds'),
+    ([PlanStep('navigate_to', 'table_1', (float('nan'), 1.0, 0.0))], 'finite'),
+    ([PlanStep('pick', 'cup_2', (2.1, 1.0, 0.85))], 'not navigated'),
+    ([PlanStep('navigate_to', 'table_1', (2.0, 0.3, 0.0)), PlanStep('pick', 'cup_2', (4.5, 3.5, 0.85))], 'from cup_2'),
+    ([], 'empty'),
+])
+def test_invalid_plans_are_rejected(steps, reason):
+    check = validate_plan(steps, {'table_1': TABLE, 'cup_2': CUP}, BOUNDS)
+    assert not check.ok and any(reason in e for e in check.errors), check.errors
+
+
+def test_plan_without_known_objects_is_rejected():
+    assert not validate_plan([PlanStep('navigate_to', 'table_1', (1, 1, 0))], {}, BOUNDS).ok
+
+
+def _launch_nodes(path: Path) -> list[dict]:
+    """Node(...) calls of a launch file: executable, parameter files and remappings, read from the AST."""
+    nodes = []
+    for call in ast.walk(ast.parse(path.read_text())):
+        if isinstance(call, ast.Call) and getattr(call.func, 'id', None) == 'Node':
+            kw = {k.arg: k.value for k in call.keywords}
+            params = [a.args[-1].value for a in ast.walk(kw['parameters'])
+                      if isinstance(a, ast.Call) and a.args and isinstance(a.args[-1], ast.Constant)]
+            remaps = [ast.literal_eval(r) for r in kw['remappings'].elts] if 'remappings' in kw else []
+            nodes.append({'package': kw['package'].value, 'executable': kw['executable'].value,
+                          'params': params, 'remappings': remaps})
+    return nodes
+
+
+def _entry_points() -> set[str]:
+    tree = ast.parse((ROOT / 'setup.py').read_text())
+    scripts = next(n for n in ast.walk(tree) if isinstance(n, ast.Dict) and any(
+        isinstance(k, ast.Constant) and k.value == 'console_scripts' for k in n.keys))
+    return {s.value.split('=')[0].strip() for s in scripts.values[0].elts}
+
+
+@pytest.mark.parametrize('launch_file, graph', [('r3d.launch.py', 'r3d'), ('sim_demo.launch.py', 'sim_demo')])
+def test_launch_files_name_real_executables_and_configs_and_match_bringup(launch_file, graph):
+    nodes = _launch_nodes(ROOT / 'launch' / launch_file)
+    assert nodes
+    scripts = _entry_points()
+    for node in nodes:
+        assert node['package'] == 'r3d_ros'
+        assert node['executable'] in scripts, f"{node['executable']} is not a console script"
+        for p in node['params']:
+            assert (ROOT / 'config' / p).exists(), f'{launch_file} names missing config/{p}'
+        for src, dst in node['remappings']:
+            assert src and dst
+    bringup = yaml.safe_load((ROOT / 'config' / 'bringup.yaml').read_text())[graph]
+    assert [(n['executable'], n['params']) for n in nodes] == [(b['executable'], [b['params']]) for b in bringup]
+
+
+@pytest.mark.ros
+def test_bringup_starts_and_stops_its_graph(tmp_path):
+    from r3d_ros.nodes.bringup import Bringup
+
+    graph_file = tmp_path / 'graph.yaml'
+    graph_file.write_text(yaml.safe_dump({'only_reasoner': [{'executable': 'reasoner', 'params': 'reasoner.yaml'}]}))
+    with Bringup('only_reasoner', graph_file=graph_file, log_dir=str(tmp_path),
+                 overrides={'reasoner': {'model_path': str(tmp_path / 'none')}}) as graph:
+        proc = graph.processes['reasoner']
+        deadline = time.monotonic() + 30
+        while 'model load failed' not in proc.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert 'model load failed' in proc.output()
+        assert not graph.dead()
+    assert not proc.alive()
