@@ -54,6 +54,16 @@ class PipelineResult:
         return d
 
 
+def check_question(question: str, max_chars: int = 2000) -> str:
+    """The stripped question, or PipelineError for an empty or oversized one."""
+    question = (question or '').strip()
+    if not question:
+        raise PipelineError('empty question')
+    if len(question) > max_chars:
+        raise PipelineError(f'question has {len(question)} characters (limit {max_chars})')
+    return question
+
+
 def default_model_path() -> Path:
     for p in DEFAULT_MODELS:
         if (p / 'config.json').exists():
@@ -132,12 +142,7 @@ class ScenePipeline:
 
     # -----------------------------------------------------------------------------------------
     def check_question(self, question: str) -> str:
-        question = (question or '').strip()
-        if not question:
-            raise PipelineError('empty question')
-        if len(question) > self.max_question_chars:
-            raise PipelineError(f'question has {len(question)} characters (limit {self.max_question_chars})')
-        return question
+        return check_question(question, self.max_question_chars)
 
     def answer(self, points: np.ndarray, colors: np.ndarray, question: str, query_id: str = '',
                stop_event: threading.Event | None = None, on_text: Callable[[str], None] | None = None,

@@ -1,46 +1,187 @@
-"""`r3d-demo`: the README's main job.
+"""`r3d-demo`: the README's main job, on the embedded default model, CPU, no downloads.
 
-It runs the pieces of the runtime that exist in this checkout, on the embedded defaults, and says
-plainly which parts of the full graph (sim_sensor -> scene_map -> reasoner) are not there yet.
+Brings up the simulated graph (sim_sensor -> scene_map -> reasoner) on a private loopback DDS domain,
+waits for the map to cover the room, asks a set of questions over the `query` topic exactly as a robot
+or operator would, prints each answer, grounding and validated plan, and writes a PNG of the map with
+the selected views and the grounded boxes (default: r3d_demo.png).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import argparse
 import json
 from pathlib import Path
-import subprocess
 import sys
+import threading
+import time
 
-ROOT = Path(__file__).resolve().parents[2]
-
-PARTS = {
-    'synthetic scenes + sim_sensor': 'r3d_ros.scenes.synthetic',
-    'scene map': 'r3d_ros.mapping',
-    '3D-R1 model': 'r3d_ros.model',
-    'view selection': 'r3d_ros.views',
-    'reasoner pipeline': 'r3d_ros.pipeline',
-}
+DEFAULT_QUESTIONS = [
+    'How many chairs are in the room?',
+    'What color is the table?',
+    'Where is the lamp?',
+    'What is the object closest to the sofa?',
+    'Bring the box to the table.',
+]
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+class _Client:
+    """A small rclpy client of the graph: map subscriber, query publisher, answer collector."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import PointCloud2
+        from std_msgs.msg import String
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('r3d_demo_client', context=self.context)
+        self.map_msg = None
+        self.answers: dict[str, dict] = {}
+        self.cond = threading.Condition()
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(PointCloud2, 'scene_map/cloud', self._on_map, qos)
+        self.node.create_subscription(String, 'answer', self._on_answer, 10)
+        self.query_pub = self.node.create_publisher(String, 'query', 10)
+        self.String = String
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - context shut down under the spinning thread
+            pass
+
+    def _on_map(self, msg):
+        with self.cond:
+            self.map_msg = msg
+            self.cond.notify_all()
+
+    def _on_answer(self, msg):
+        data = json.loads(msg.data)
+        with self.cond:
+            self.answers[data.get('id', '')] = data
+            self.cond.notify_all()
+
+    def map_points(self) -> int:
+        return 0 if self.map_msg is None else self.map_msg.width * self.map_msg.height
+
+    def ask(self, qid: str, question: str, timeout: float) -> dict:
+        while self.node.count_subscribers('query') == 0:
+            time.sleep(0.1)
+        self.query_pub.publish(self.String(data=json.dumps({'id': qid, 'question': question})))
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while qid not in self.answers:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return {'id': qid, 'question': question, 'status': 'timeout', 'message': f'no answer in {timeout}s'}
+                self.cond.wait(left)
+            return self.answers[qid]
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def draw(map_xyz, map_rgb, results: list[dict], out: Path) -> None:
+    """Top-down map with each answer's grounded boxes and the selected camera positions."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    from matplotlib.patches import Rectangle
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(9, 8), dpi=110)
+    order = np.argsort(map_xyz[:, 2])  # draw high points last so furniture shows over the floor
+    ax.scatter(map_xyz[order, 0], map_xyz[order, 1], c=map_rgb[order] / 255.0, s=1.2, linewidths=0)
+    colors = plt.cm.tab10.colors
+    for i, res in enumerate(results):
+        c = colors[i % len(colors)]
+        for box in res.get('boxes', []):
+            (cx, cy, _), (dx, dy, _) = box['center'], box['size']
+            ax.add_patch(Rectangle((cx - dx / 2, cy - dy / 2), dx, dy, fill=False, lw=2, ec=c))
+            ax.annotate(f"Q{i + 1}: {box['ref']}", (cx, cy + dy / 2), color=c, fontsize=8, ha='center', va='bottom')
+        for view in res.get('views', []):
+            T = np.asarray(view['pose'])
+            pos, fwd = T[:3, 3], T[:3, 2]  # camera looks along its +z (optical frame)
+            ax.plot(pos[0], pos[1], marker='^', color=c, ms=6)
+            ax.arrow(pos[0], pos[1], 0.4 * fwd[0], 0.4 * fwd[1], color=c, width=0.01, head_width=0.08)
+        steps = [s['position'] for s in res.get('plan', [])]
+        if steps and res.get('status') == 'ok':
+            xs, ys = zip(*[(p[0], p[1]) for p in steps])
+            ax.plot(xs, ys, '--o', color=c, lw=1.5, ms=4)
+    ax.set_aspect('equal')
+    ax.set_xlabel('x (m, map frame)')
+    ax.set_ylabel('y (m)')
+    ax.set_title('r3d_ros demo: map, selected views (triangles) and grounded boxes')
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
-    missing = [name for name, mod in PARTS.items() if not _has(mod)]
-    print('r3d_ros demo: checking the loopback DDS transport with large point clouds')
-    bench = ROOT / 'bench' / 'dds_delivery.py'
-    out = subprocess.run([sys.executable, str(bench), '--quick'], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  120k-point clouds at 10 Hz, sensor-data QoS: project profile delivered "
-          f"{result['project_profile']['delivery_pct']}%, Fast DDS default transports "
-          f"{result['default_transports']['delivery_pct']}%")
-    if missing:
-        print('not in this checkout yet: ' + ', '.join(missing))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--question', '-q', action='append', help='ask this instead of the default set (repeatable)')
+    ap.add_argument('--out', default='r3d_demo.png', help='PNG of the map with views and boxes')
+    ap.add_argument('--map-timeout', type=float, default=120.0, help='seconds to wait for a map')
+    ap.add_argument('--answer-timeout', type=float, default=300.0, help='seconds to wait for each answer')
+    ap.add_argument('--min-map-points', type=int, default=5000)
+    ap.add_argument('-p', '--param', action='append', default=[], metavar='NODE.PARAM=VALUE')
+    args = ap.parse_args(argv)
+
+    from r3d_ros.nodes.bringup import Bringup, parse_overrides
+    from r3d_ros.ros_env import loopback_env
+
+    questions = args.question or DEFAULT_QUESTIONS
+    with Bringup('sim_demo', overrides=parse_overrides(args.param)) as graph:
+        import os
+
+        os.environ.update(loopback_env(graph.domain_id))
+        print(f'graph up on ROS_DOMAIN_ID={graph.domain_id} (loopback only): {", ".join(graph.processes)}')
+        client = _Client()
+        try:
+            t0 = time.monotonic()
+            while client.map_points() < args.min_map_points:
+                if graph.dead():
+                    name = graph.dead()[0]
+                    print(f'{name} died:\n{graph.processes[name].output()[-3000:]}', file=sys.stderr)
+                    return 1
+                if time.monotonic() - t0 > args.map_timeout:
+                    print(f'no map with {args.min_map_points} points after {args.map_timeout}s', file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+            time.sleep(3.0)  # let a few more frames fuse
+            print(f'map: {client.map_points()} points after {time.monotonic() - t0:.1f}s')
+            results = []
+            for i, question in enumerate(questions, 1):
+                res = client.ask(f'demo-{i}', question, args.answer_timeout)
+                results.append(res)
+                print(f'\nQ{i}: {question}\n  status: {res.get("status")}'
+                      + (f' ({res.get("message")})' if res.get('message') else ''))
+                if res.get('think'):
+                    print(f'  think: {res["think"][:400]}')
+                print(f'  answer: {res.get("answer_text", "")}')
+                for box in res.get('boxes', []):
+                    print(f"  box: {box['ref']} centre {box['center']} size {box['size']} (m, map frame)")
+                for step in res.get('plan', []):
+                    print(f"  plan: {step['action']} {step['target']} at {step['position']}")
+                if res.get('timings'):
+                    print(f"  time: {res['timings'].get('total_s', 0):.2f}s")
+            from r3d_ros.pointcloud import xyz_rgb_from_cloud
+
+            xyz, rgb = xyz_rgb_from_cloud(client.map_msg)
+            draw(xyz, rgb, results, Path(args.out))
+            print(f'\nwrote {args.out}')
+        finally:
+            client.close()
     return 0
 
 

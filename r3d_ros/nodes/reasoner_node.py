@@ -47,8 +47,10 @@ from r3d_ros.pipeline import (
     STATUS_ERROR,
     STATUS_INVALID_PLAN,
     STATUS_OK,
+    PipelineError,
     PipelineResult,
     ScenePipeline,
+    check_question,
 )
 from r3d_ros.pointcloud import PointCloudError, xyz_rgb_from_cloud
 
@@ -202,6 +204,11 @@ class ReasonerNode(LifecycleNode):
         if not self.active:
             return self._publish_result(PipelineResult(id=q['id'], question=q['question'], status=STATUS_ERROR,
                                                        message='reasoner is not active'))
+        try:
+            q['question'] = check_question(q['question'], self.get_parameter('max_query_chars').value)
+        except PipelineError as exc:  # refused at intake: costs no queue slot and no model time
+            return self._publish_result(PipelineResult(id=q['id'], question=q['question'][:200], status=STATUS_ERROR,
+                                                       message=str(exc)))
         q['received'] = time.monotonic()
         try:
             self._queue.put_nowait(q)
