@@ -1,0 +1,95 @@
+"""The whole runtime graph as separate processes over DDS: sim_sensor -> scene_map -> reasoner.
+
+Questions go in on `query`; results must come back on `answer` with matching ids and the documented
+fields, groundings on `grounding` as MarkerArrays (cleared first), validated plans on `plan`/`plan_path`,
+selected views on `selected_views`. Then the busy and cancel paths, with the node still answering after.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import time
+
+from geometry_msgs.msg import PoseArray
+import pytest
+from std_msgs.msg import String
+from visualization_msgs.msg import Marker, MarkerArray
+
+from r3d_ros.output_format import ACTIONS
+
+CONFIG = Path(__file__).resolve().parent.parent / 'config'
+RESULT_KEYS = {'id', 'question', 'status', 'message', 'think', 'answer', 'answer_text', 'boxes', 'plan',
+               'views', 'timings'}
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+
+@pytest.fixture
+def graph(launch_node, ros_node):
+    sim = launch_node('sim_sensor', params_file=CONFIG / 'sim_sensor.yaml')
+    mapper = launch_node('scene_map', params_file=CONFIG / 'scene_map.yaml')
+    reasoner = launch_node('reasoner', params_file=CONFIG / 'reasoner.yaml',
+                           params={'max_new_tokens': 160, 'queue_size': 1})
+    from sensor_msgs.msg import PointCloud2
+
+    cloud = ros_node.wait_for_message('scene_map/cloud', PointCloud2, timeout=90,
+                                      predicate=lambda m: m.width * m.height > 2000)
+    assert cloud.header.frame_id == 'map'
+    assert ros_node.wait_for_subscriber('query', timeout=60), reasoner.output()
+    time.sleep(2.0)  # the reasoner's transient-local map subscription has its copy by now
+    return {'sim': sim, 'map': mapper, 'reasoner': reasoner}
+
+
+def _ask(pub, listener, qid, question, timeout=240.0):
+    pub.publish(String(data=json.dumps({'id': qid, 'question': question})))
+    return json.loads(listener.wait(lambda m: json.loads(m.data).get('id') == qid, timeout).data)
+
+
+def test_questions_in_answers_groundings_and_plans_out(graph, ros_node):
+    answers = ros_node.listen('answer', String)
+    markers = ros_node.listen('grounding', MarkerArray)
+    views = ros_node.listen('selected_views', PoseArray)
+    plans = ros_node.listen('plan', String)
+    pub = ros_node.publisher('query', String)
+    questions = {'g1': 'Where is the table?', 'p1': 'Bring the box to the table.', 'c1': 'How many chairs are there?'}
+    results = {qid: _ask(pub, answers, qid, q) for qid, q in questions.items()}
+    for qid, res in results.items():
+        assert RESULT_KEYS <= set(res), res
+        assert res['id'] == qid and res['question'] == questions[qid]
+        assert res['status'] in ('ok', 'invalid_plan'), res
+        assert res['timings']['total_s'] > 0
+        assert len(res['views']) == 6 and all(len(v['pose']) == 4 for v in res['views'])
+    # every answer clears the previous grounding before drawing its own boxes
+    assert len(markers.messages) >= len(questions)
+    for msg in markers.messages:
+        assert msg.markers and msg.markers[0].action == Marker.DELETEALL
+        frames = {m.header.frame_id for m in msg.markers[1:]}
+        assert frames <= {'map'}
+    assert len(views.messages) >= len(questions) and all(len(v.poses) == 6 for v in views.messages)
+    # plans reach `plan` only when they passed validation
+    for msg in plans.messages:
+        plan = json.loads(msg.data)
+        assert results[plan['id']]['status'] == 'ok'
+        assert all(step['action'] in ACTIONS for step in plan['steps'])
+    assert all(p.alive() for p in graph.values())
+
+
+def test_busy_and_cancel_then_still_answering(graph, ros_node):
+    answers = ros_node.listen('answer', String)
+    pub = ros_node.publisher('query', String)
+    cancel = ros_node.publisher('cancel', String)
+    # queue_size is 1: the first query runs, the second waits, the third is refused at once
+    for i in range(3):
+        pub.publish(String(data=json.dumps({'id': f'b{i}', 'question': 'What color is the sofa?'})))
+    busy = json.loads(answers.wait(lambda m: json.loads(m.data)['id'] == 'b2', 30).data)
+    assert busy['status'] == 'busy'
+    cancel.publish(String(data='b1'))  # b1 is still queued behind b0
+    got = {}
+    for qid in ('b0', 'b1'):
+        got[qid] = json.loads(answers.wait(lambda m, q=qid: json.loads(m.data)['id'] == q, 240).data)
+    assert got['b1']['status'] == 'cancelled'
+    assert got['b0']['status'] in ('ok', 'invalid_plan', 'cancelled')
+    after = _ask(pub, answers, 'after', 'Is there a lamp?')
+    assert after['status'] in ('ok', 'invalid_plan')
+    assert graph['reasoner'].alive()
