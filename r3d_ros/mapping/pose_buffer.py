@@ -1,0 +1,62 @@
+"""Sensor poses by time: a bounded buffer of stamped poses with interpolation (no ROS imports).
+
+Matches a cloud's timestamp to the pose topic (nav_msgs/Odometry or geometry_msgs/PoseStamped): linear
+interpolation of position and spherical-linear (slerp, scipy) of orientation between the two poses that
+bracket the stamp. A stamp outside the buffered span is accepted up to ``max_extrapolation`` seconds by
+holding the nearest pose; beyond it there is no pose and the cloud is not fused.
+
+tf2 path: where ``tf2_ros`` is importable (a full ROS 2 install; it is not among the PyPI wheels), the
+node can look the transform up with ``Buffer.lookup_transform(fixed_frame, cloud_frame, stamp)`` instead;
+this buffer is what it uses here.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+
+class PoseBuffer:
+    def __init__(self, max_size: int = 2000, max_extrapolation: float = 0.1):
+        self._stamps: deque[float] = deque(maxlen=max_size)
+        self._poses: deque[np.ndarray] = deque(maxlen=max_size)
+        self.max_extrapolation = max_extrapolation
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+    def add(self, stamp: float, pose: np.ndarray) -> None:
+        """Add a 4x4 pose; out-of-order stamps are inserted in order (bounded buffers drop the oldest)."""
+        pose = np.asarray(pose, np.float64)
+        if self._stamps and stamp < self._stamps[-1]:
+            if len(self._stamps) == self._stamps.maxlen:  # full: make room the way append would
+                self._stamps.popleft()
+                self._poses.popleft()
+            i = bisect_left(self._stamps, stamp)
+            self._stamps.insert(i, stamp)
+            self._poses.insert(i, pose)
+            return
+        self._stamps.append(stamp)
+        self._poses.append(pose)
+
+    def lookup(self, stamp: float) -> np.ndarray | None:
+        """The interpolated 4x4 pose at ``stamp``, or None when no pose is close enough."""
+        if not self._stamps:
+            return None
+        stamps = self._stamps
+        if stamp <= stamps[0]:
+            return self._poses[0].copy() if stamps[0] - stamp <= self.max_extrapolation else None
+        if stamp >= stamps[-1]:
+            return self._poses[-1].copy() if stamp - stamps[-1] <= self.max_extrapolation else None
+        i = bisect_left(stamps, stamp)
+        t0, t1 = stamps[i - 1], stamps[i]
+        p0, p1 = self._poses[i - 1], self._poses[i]
+        a = 0.0 if t1 == t0 else (stamp - t0) / (t1 - t0)
+        out = np.eye(4)
+        out[:3, 3] = (1 - a) * p0[:3, 3] + a * p1[:3, 3]
+        slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([p0[:3, :3], p1[:3, :3]])))
+        out[:3, :3] = slerp([a]).as_matrix()[0]
+        return out

@@ -1,0 +1,264 @@
+"""`scene_map`: live fusion of point clouds into a bounded, persistent voxel map.
+
+Lifecycle node over :class:`r3d_ros.mapping.VoxelMap`. Ingest never blocks the executor: the cloud
+callback only appends the message to a bounded deque; a worker thread decodes and fuses. When frames
+arrive faster than they can be fused, the oldest waiting frame is dropped (a map wants the newest view)
+and counted in diagnostics.
+
+Pose source (``pose_source``): ``odom`` (nav_msgs/Odometry on ``pose_topic``), ``pose``
+(geometry_msgs/PoseStamped), or ``none`` (clouds already in ``fixed_frame``). Poses are matched to each
+cloud's stamp by interpolation (:class:`r3d_ros.mapping.PoseBuffer`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import PointCloud2
+from std_srvs.srv import Trigger
+
+from r3d_ros.mapping import PoseBuffer, VoxelMap
+from r3d_ros.nodes.conversions import pose_to_matrix, stamp_to_sec, to_pointcloud2
+from r3d_ros.pointcloud import PointCloudError, xyz_rgb_from_cloud
+
+MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _desc(text, ints=None, floats=None, read_only=False, choices=None):
+    d = ParameterDescriptor(description=text + (f' (one of {choices})' if choices else ''), read_only=read_only)
+    if ints:
+        d.integer_range = [IntegerRange(from_value=ints[0], to_value=ints[1], step=1)]
+    if floats:
+        d.floating_point_range = [FloatingPointRange(from_value=floats[0], to_value=floats[1], step=0.0)]
+    return d
+
+
+class SceneMapNode(LifecycleNode):
+    def __init__(self, **kw):
+        super().__init__('scene_map', **kw)
+        self.declare_parameter('fixed_frame', 'map', _desc('Frame of the map', read_only=True))
+        self.declare_parameter('voxel_size', 0.05, _desc('Voxel edge in metres', floats=(0.005, 1.0), read_only=True))
+        self.declare_parameter('max_voxels', 2_000_000, _desc('Memory bound; the stalest voxels are evicted first',
+                                                              ints=(1000, 50_000_000), read_only=True))
+        self.declare_parameter('min_range', 0.1, _desc('Points nearer the sensor are dropped (m)', floats=(0.0, 10.0)))
+        self.declare_parameter('max_range', 10.0, _desc('Points farther from the sensor are dropped (m)',
+                                                        floats=(0.1, 200.0)))
+        self.declare_parameter('pose_source', 'odom', _desc('Where sensor poses come from', read_only=True,
+                                                            choices=['odom', 'pose', 'none']))
+        self.declare_parameter('pose_topic', 'odom', _desc('Odometry or PoseStamped topic', read_only=True))
+        self.declare_parameter('max_pose_age', 0.1, _desc('Largest gap (s) between a cloud and the nearest pose '
+                                                          'outside the buffered span', floats=(0.0, 5.0)))
+        self.declare_parameter('queue_size', 4, _desc('Frames waiting to be fused; more drop the oldest',
+                                                      ints=(1, 100), read_only=True))
+        self.declare_parameter('publish_rate', 1.0, _desc('Map publications per second', floats=(0.01, 50.0),
+                                                          read_only=True))
+        self.declare_parameter('map_path', '', _desc('Map file (.npz or .ply): loaded at start when it exists, '
+                                                     'written by ~/save and every snapshot_period', read_only=True))
+        self.declare_parameter('snapshot_period', 0.0, _desc('Seconds between automatic saves; 0 = never',
+                                                             floats=(0.0, 86400.0), read_only=True))
+        self.declare_parameter('autostart', True, _desc('Configure and activate at start', read_only=True))
+        self.voxel_map: VoxelMap | None = None
+        self.poses = PoseBuffer()
+        self._frames: deque = deque()
+        self._cv = threading.Condition()
+        self._map_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker = None
+        self.dropped = self.no_pose = self.malformed = 0
+        self._fuse_times: deque = deque(maxlen=50)
+        self._fused_points: deque = deque(maxlen=50)
+        self._dirty = False
+        self._entities: list = []
+
+    def p(self, name):
+        return self.get_parameter(name).value
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        self.voxel_map = VoxelMap(self.p('voxel_size'), self.p('max_voxels'), self.p('min_range'), self.p('max_range'))
+        path = self.p('map_path')
+        if path and Path(path).exists():
+            try:
+                self.voxel_map = VoxelMap.load(path, max_voxels=self.p('max_voxels'))
+                self.get_logger().info(f'loaded {len(self.voxel_map)} voxels from {path}')
+            except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the robot mapping
+                self.get_logger().error(f'could not load {path}: {exc}; starting an empty map')
+        self._frames = deque(maxlen=None)
+        self.map_pub = self.create_lifecycle_publisher(PointCloud2, 'scene_map/cloud', MAP_QOS)
+        self.diag_pub = self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10)
+        ingest = MutuallyExclusiveCallbackGroup()
+        self._entities = [
+            self.create_subscription(PointCloud2, 'points', self._on_cloud, qos_profile_sensor_data,
+                                     callback_group=ingest),
+            self.create_service(Trigger, '~/reset', self._on_reset),
+            self.create_service(Trigger, '~/save', self._on_save),
+            self.create_timer(1.0 / self.p('publish_rate'), self._publish_map),
+            self.create_timer(1.0, self._publish_diagnostics),
+        ]
+        source = self.p('pose_source')
+        if source == 'odom':
+            self._entities.append(self.create_subscription(Odometry, self.p('pose_topic'), self._on_odom, 100,
+                                                           callback_group=ingest))
+        elif source == 'pose':
+            self._entities.append(self.create_subscription(PoseStamped, self.p('pose_topic'), self._on_pose, 100,
+                                                           callback_group=ingest))
+        elif source != 'none':
+            self.get_logger().error(f"pose_source {source!r} is not one of 'odom', 'pose', 'none'")
+            return TransitionCallbackReturn.FAILURE
+        if self.p('snapshot_period') > 0 and self.p('map_path'):
+            self._entities.append(self.create_timer(self.p('snapshot_period'), self._snapshot))
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._fuse_loop, name='scene-map-fusion', daemon=True)
+        self._worker.start()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._stop_worker()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_worker()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_worker(self):
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+
+    # -- ingest (executor threads: only queue work) ------------------------------------------
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        with self._cv:
+            if len(self._frames) >= self.p('queue_size'):
+                self._frames.popleft()
+                self.dropped += 1
+            self._frames.append(msg)
+            self._cv.notify()
+
+    def _on_odom(self, msg: Odometry) -> None:
+        self.poses.add(stamp_to_sec(msg.header.stamp), pose_to_matrix(msg.pose.pose))
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        self.poses.add(stamp_to_sec(msg.header.stamp), pose_to_matrix(msg.pose))
+
+    # -- fusion (worker thread) --------------------------------------------------------------
+    def _fuse_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cv:
+                while not self._frames and not self._stop.is_set():
+                    self._cv.wait(0.2)
+                if self._stop.is_set():
+                    return
+                msg = self._frames.popleft()
+            self._fuse(msg)
+
+    def _fuse(self, msg: PointCloud2) -> None:
+        t0 = time.perf_counter()
+        try:
+            xyz, rgb = xyz_rgb_from_cloud(msg)
+        except PointCloudError as exc:
+            self.malformed += 1
+            self.get_logger().warn(f'dropping malformed cloud: {exc}', throttle_duration_sec=5.0)
+            return
+        stamp = stamp_to_sec(msg.header.stamp)
+        pose = None
+        if self.p('pose_source') != 'none':
+            self.poses.max_extrapolation = self.p('max_pose_age')
+            pose = self.poses.lookup(stamp)
+            if pose is None:
+                self.no_pose += 1
+                self.get_logger().warn(f'no pose for cloud at t={stamp:.3f}; not fused', throttle_duration_sec=5.0)
+                return
+        with self._map_lock:
+            n = self.voxel_map.integrate(xyz, rgb, pose=pose, stamp=stamp)
+            self._dirty = True
+        self._fuse_times.append(time.perf_counter() - t0)
+        self._fused_points.append(n)
+
+    # -- outputs -----------------------------------------------------------------------------
+    def _publish_map(self) -> None:
+        if self.voxel_map is None or not self._dirty:  # transient-local: late joiners get the last one
+            return
+        with self._map_lock:
+            xyz, rgb, _ = self.voxel_map.snapshot()
+            self._dirty = False
+        if len(xyz):
+            self.map_pub.publish(to_pointcloud2(xyz, rgb, frame_id=self.p('fixed_frame'),
+                                                stamp=self.get_clock().now().to_msg()))
+
+    def _publish_diagnostics(self) -> None:
+        if self.voxel_map is None:
+            return
+        busy = sum(self._fuse_times) or 1e-9
+        stats = self.voxel_map.stats
+        values = {'map_voxels': stats.voxels, 'frames_fused': stats.frames, 'points_fused': stats.points_fused,
+                  'evicted_voxels': stats.evicted, 'dropped_frames': self.dropped, 'frames_without_pose': self.no_pose,
+                  'malformed_frames': self.malformed, 'queue_depth': len(self._frames),
+                  'fusion_points_per_s': round(sum(self._fused_points) / busy),
+                  'fusion_frames_per_s': round(len(self._fuse_times) / busy, 2)}
+        level = DiagnosticStatus.WARN if self.dropped or self.no_pose else DiagnosticStatus.OK
+        status = DiagnosticStatus(name='scene_map', hardware_id='r3d_ros', level=level, message='fusing')
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+    def _on_reset(self, request, response):
+        with self._map_lock:
+            self.voxel_map.reset()
+            self._dirty = True
+        response.success, response.message = True, 'map cleared'
+        return response
+
+    def _on_save(self, request, response):
+        path = self.p('map_path')
+        if not path:
+            response.success, response.message = False, 'map_path parameter is empty'
+            return response
+        try:
+            self._snapshot()
+            response.success, response.message = True, f'saved {len(self.voxel_map)} voxels to {path}'
+        except Exception as exc:  # noqa: BLE001 - report the failure to the caller, keep mapping
+            response.success, response.message = False, f'save failed: {exc}'
+        return response
+
+    def _snapshot(self) -> None:
+        with self._map_lock:
+            self.voxel_map.save(self.p('map_path'))
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = SceneMapNode()
+    if node.get_parameter('autostart').value:
+        node.trigger_configure()
+        node.trigger_activate()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop_worker()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()
