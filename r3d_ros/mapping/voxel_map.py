@@ -2,8 +2,10 @@
 
 Each occupied voxel keeps a running mean position and colour, a point count and the time it was last
 seen. Keys are the voxel's integer coordinates packed into one int64 (21 bits per axis, ±1,048,576 voxels
-= ±52 km at 5 cm), kept sorted, so a frame is fused with one ``np.unique`` over the frame's keys and one
-``searchsorted`` merge into the map: vectorised numpy, no Python loop per point.
+= ±52 km at 5 cm). A frame is reduced with one ``np.unique`` over its keys and ``bincount`` sums, then
+merged: voxel data lives in append-only arrays (capacity doubling), found through a two-level sorted index
+(a large main index plus a small delta that new voxels go into, merged into main when it outgrows an
+eighth of it), so a frame costs O(n log V) and never copies the whole map. Vectorised numpy throughout.
 
 Memory is bounded by ``max_voxels``. When an insert would exceed it, the voxels seen longest ago are
 evicted first (ties broken by distance from the sensor, farthest first): in a moving robot's map the
@@ -55,17 +57,34 @@ class VoxelMap:
         self.reset()
 
     def reset(self) -> None:
-        self.keys = np.empty(0, np.int64)             # sorted packed voxel coordinates
-        self.acc = np.empty((0, 7), np.float64)        # per voxel: sum x, y, z, sum r, g, b, point count
-        self.last_seen = np.empty(0, np.float64)
+        self._n = 0                                     # voxels in use (rows 0.._n of the stores)
+        self._keys = np.empty(1024, np.int64)           # store: packed key per voxel
+        self._acc = np.empty((1024, 7), np.float64)     # store: sum x, y, z, sum r, g, b, point count
+        self._seen = np.empty(1024, np.float64)         # store: last time seen
+        self._main_keys = np.empty(0, np.int64)         # sorted index -> row
+        self._main_rows = np.empty(0, np.int64)
+        self._delta_keys = np.empty(0, np.int64)        # small sorted index of recently added voxels
+        self._delta_rows = np.empty(0, np.int64)
         self.frames = self.points_in = self.points_fused = self.evicted = 0
 
+    @property
+    def keys(self) -> np.ndarray:
+        return self._keys[:self._n]
+
+    @property
+    def acc(self) -> np.ndarray:
+        return self._acc[:self._n]
+
+    @property
+    def last_seen(self) -> np.ndarray:
+        return self._seen[:self._n]
+
     def __len__(self) -> int:
-        return len(self.keys)
+        return self._n
 
     @property
     def stats(self) -> MapStats:
-        return MapStats(len(self.keys), self.frames, self.points_in, self.points_fused, self.evicted)
+        return MapStats(self._n, self.frames, self.points_in, self.points_fused, self.evicted)
 
     # -----------------------------------------------------------------------------------------
     def integrate(self, xyz: np.ndarray, rgb: np.ndarray | None = None, pose: np.ndarray | None = None,
@@ -84,8 +103,9 @@ class VoxelMap:
             pose = np.asarray(pose, np.float64)
             rng2 = np.einsum('ij,ij->i', xyz, xyz)
             keep = np.isfinite(rng2) & (rng2 >= self.min_range ** 2) & (rng2 <= self.max_range ** 2)
-            xyz = xyz[keep] @ pose[:3, :3].T.astype(np.float32) + pose[:3, 3].astype(np.float32)
-            rgb = rgb[keep]
+            if not keep.all():  # the usual frame keeps every point: skip two copies
+                xyz, rgb = xyz[keep], rgb[keep]
+            xyz = xyz @ pose[:3, :3].T.astype(np.float32) + pose[:3, 3].astype(np.float32)
             origin = pose[:3, 3].astype(np.float32)
         elif not np.isfinite(xyz).all():  # whole-array check first: the per-row mask costs 10x more
             keep = np.isfinite(xyz).all(axis=1)
@@ -102,37 +122,69 @@ class VoxelMap:
             frame_acc[:, 3 + a] = np.bincount(inverse, weights=rgb[:, a], minlength=n)
         frame_acc[:, 6] = counts
         self._merge(uniq, frame_acc, stamp)
-        if len(self.keys) > self.max_voxels:
-            self._evict(len(self.keys) - self.max_voxels, origin)
+        if self._n > self.max_voxels:
+            self._evict(self._n - self.max_voxels, origin)
         self.points_fused += len(xyz)
         return len(xyz)
 
+    @staticmethod
+    def _find(index_keys: np.ndarray, index_rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Row of each key in a sorted index, -1 where absent."""
+        pos = np.searchsorted(index_keys, keys)
+        pos_c = np.minimum(pos, max(len(index_keys) - 1, 0))
+        found = (pos < len(index_keys)) & (index_keys[pos_c] == keys) if len(index_keys) else np.zeros(len(keys), bool)
+        return np.where(found, index_rows[pos_c] if len(index_rows) else -1, -1)
+
     def _merge(self, keys: np.ndarray, frame_acc: np.ndarray, stamp: float) -> None:
-        pos = np.searchsorted(self.keys, keys)
-        hit = pos < len(self.keys)
-        hit[hit] = self.keys[pos[hit]] == keys[hit]
-        if hit.all():
-            self.acc[pos] += frame_acc  # one row-wise gather/scatter for all seven sums
-            self.last_seen[pos] = stamp
-            return
-        p = pos[hit]
-        self.acc[p] += frame_acc[hit]
-        self.last_seen[p] = stamp
-        new = ~hit
-        ins = pos[new]
-        self.keys = np.insert(self.keys, ins, keys[new])
-        self.acc = np.insert(self.acc, ins, frame_acc[new], axis=0)
-        self.last_seen = np.insert(self.last_seen, ins, stamp)
+        rows = self._find(self._main_keys, self._main_rows, keys)
+        miss = rows < 0
+        if miss.any() and len(self._delta_keys):
+            rows[miss] = self._find(self._delta_keys, self._delta_rows, keys[miss])
+            miss = rows < 0
+        hit = ~miss
+        r = rows[hit]
+        self._acc[r] += frame_acc[hit]
+        self._seen[r] = stamp
+        if miss.any():
+            self._append(keys[miss], frame_acc[miss], stamp)
+
+    def _append(self, keys: np.ndarray, frame_acc: np.ndarray, stamp: float) -> None:
+        n_new = len(keys)
+        need = self._n + n_new
+        if need > len(self._keys):
+            cap = max(need, 2 * len(self._keys))
+            self._keys = np.resize(self._keys, cap)
+            self._acc = np.resize(self._acc, (cap, 7))
+            self._seen = np.resize(self._seen, cap)
+        rows = np.arange(self._n, need)
+        self._keys[rows], self._acc[rows], self._seen[rows] = keys, frame_acc, stamp
+        self._n = need
+        # keys arrive sorted (np.unique) and are new: merge into the small delta index
+        dk = np.concatenate([self._delta_keys, keys])
+        dr = np.concatenate([self._delta_rows, rows])
+        order = np.argsort(dk, kind='stable')
+        self._delta_keys, self._delta_rows = dk[order], dr[order]
+        if len(self._delta_keys) > max(4096, len(self._main_keys) // 8):
+            self._rebuild_index()
+
+    def _rebuild_index(self) -> None:
+        order = np.argsort(self._keys[:self._n])
+        self._main_keys, self._main_rows = self._keys[:self._n][order], order.astype(np.int64)
+        self._delta_keys, self._delta_rows = np.empty(0, np.int64), np.empty(0, np.int64)
 
     def _evict(self, n: int, origin: np.ndarray) -> None:
-        centres = self.acc[:, :3] / self.acc[:, 6:7]
-        dist = np.linalg.norm(centres - origin, axis=1)
-        order = np.lexsort((-dist, self.last_seen))  # oldest first, then farthest
-        drop = np.zeros(len(self.keys), bool)
-        drop[order[:n]] = True
-        keep = ~drop
-        self.keys, self.acc, self.last_seen = self.keys[keep], self.acc[keep], self.last_seen[keep]
+        # evict a little more than needed so a growing map does not compact on every frame
+        n = min(self._n, n + self.max_voxels // 20)
+        acc, seen = self.acc, self.last_seen
+        dist = np.linalg.norm(acc[:, :3] / acc[:, 6:7] - origin, axis=1)
+        order = np.lexsort((-dist, seen))  # oldest first, then farthest from the sensor
+        keep = np.ones(self._n, bool)
+        keep[order[:n]] = False
+        k = int(keep.sum())
+        self._keys[:k], self._acc[:k], self._seen[:k] = self.keys[keep], acc[keep], seen[keep]
+        self._n = k
         self.evicted += n
+        self._rebuild_index()
 
     # -----------------------------------------------------------------------------------------
     def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,7 +195,7 @@ class VoxelMap:
         return xyz, rgb, self.acc[:, 6].astype(np.int64)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
-        if not len(self.keys):
+        if not self._n:
             return None
         xyz = self.snapshot()[0]
         return xyz.min(axis=0), xyz.max(axis=0)
@@ -182,7 +234,9 @@ class VoxelMap:
         if path.suffix == '.npz':
             with np.load(path) as z:
                 m = cls(voxel_size=float(z['voxel_size']), **kw)
-                m.keys, m.acc, m.last_seen = z['keys'], z['acc'], z['last_seen']
+                m._append(z['keys'], z['acc'], 0.0)
+                m._seen[:m._n] = z['last_seen']
+                m._rebuild_index()
             return m
         if path.suffix == '.ply':
             import open3d as o3d
