@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument('--map-timeout', type=float, default=120.0, help='seconds to wait for a map')
     ap.add_argument('--answer-timeout', type=float, default=300.0, help='seconds to wait for each answer')
     ap.add_argument('--min-map-points', type=int, default=5000)
+    ap.add_argument('--lap', type=float, default=10.0, help='seconds per sim_sensor lap; the demo maps one lap')
     ap.add_argument('-p', '--param', action='append', default=[], metavar='NODE.PARAM=VALUE')
     args = ap.parse_args(argv)
 
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
     from r3d_ros.ros_env import loopback_env
 
     questions = args.question or DEFAULT_QUESTIONS
-    with Bringup('sim_demo', overrides=parse_overrides(args.param)) as graph:
+    overrides = parse_overrides([f'sim_sensor.period={args.lap}', *args.param])
+    with Bringup('sim_demo', overrides=overrides) as graph:
         import os
 
         os.environ.update(loopback_env(graph.domain_id))
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
                     print(f'no map with {args.min_map_points} points after {args.map_timeout}s', file=sys.stderr)
                     return 1
                 time.sleep(0.5)
-            time.sleep(3.0)  # let a few more frames fuse
+            time.sleep(max(0.0, args.lap - (time.monotonic() - t0)) + 1.0)  # map one whole lap of the room
             print(f'map: {client.map_points()} points after {time.monotonic() - t0:.1f}s')
             results = []
             for i, question in enumerate(questions, 1):
