@@ -1,0 +1,42 @@
+"""R3DConfig: the 3D-R1 model's configuration (a Qwen2-family text backbone + point/view/depth encoders)."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+class R3DConfig(PretrainedConfig):
+    """Configuration of :class:`R3DForConditionalGeneration`.
+
+    ``text_config`` is any Qwen2 / Qwen2.5 / Qwen3 causal-LM config (dict or config object; ``model_type``
+    picks the class). ``vision_config`` is an optional transformers vision tower config (SigLIP, SigLIP-2,
+    CLIP vision) for the rendered views; ``None`` disables view tokens. Token ids of the placeholders the
+    processor expands are stored here so the model can find where to splice encoder outputs.
+    """
+
+    model_type = 'r3d'
+
+    def __init__(self, text_config=None, vision_config=None, num_points: int = 2048, num_scene_tokens: int = 32,
+                 point_feature_dim: int = 3, point_hidden_size: int = 128, point_knn: int = 16,
+                 point_layers: int = 2, point_heads: int = 4, num_view_tokens: int = 4, depth_channels: int = 16,
+                 scene_token_id: int = 0, view_token_id: int = 0, depth_token_id: int = 0, **kwargs):
+        if isinstance(text_config, dict):
+            text_config = AutoConfig.for_model(**text_config)
+        if isinstance(vision_config, dict):
+            vision_config = AutoConfig.for_model(**vision_config)
+        self.text_config = text_config if text_config is not None else AutoConfig.for_model('qwen2')
+        self.vision_config = vision_config
+        self.num_points, self.num_scene_tokens = num_points, num_scene_tokens
+        self.point_feature_dim, self.point_hidden_size = point_feature_dim, point_hidden_size
+        self.point_knn, self.point_layers, self.point_heads = point_knn, point_layers, point_heads
+        self.num_view_tokens, self.depth_channels = num_view_tokens, depth_channels
+        self.scene_token_id, self.view_token_id, self.depth_token_id = scene_token_id, view_token_id, depth_token_id
+        kwargs.setdefault('tie_word_embeddings', getattr(self.text_config, 'tie_word_embeddings', False))
+        super().__init__(**kwargs)
+
+    @property
+    def use_views(self) -> bool:
+        return self.vision_config is not None
+
+    def get_text_config(self, *args, **kwargs):
+        return self.text_config

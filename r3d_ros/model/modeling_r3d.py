@@ -1,0 +1,135 @@
+"""R3DForConditionalGeneration: a Qwen2-family decoder with point, view and depth tokens spliced in.
+
+The processor writes one placeholder token per encoder output (``<scene>`` x num_scene_tokens, ``<view>`` x
+num_view_tokens and ``<depth>`` x 1 per rendered view); the model embeds the text, encodes the point
+cloud / views / depth maps, projects each to the LLM hidden size and ``masked_scatter``s them into the
+placeholder positions (the LLaVA recipe), then runs the decoder on the mixed sequence. Because each
+sample carries its own placeholders, padding and batching leave results unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+
+from r3d_ros.model.configuration_r3d import R3DConfig
+from r3d_ros.model.point_encoder import PointEncoder
+
+
+class DepthEncoder(nn.Module):
+    """Small CNN over a rendered depth map (exact depth from our renderer: no estimator needed)."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 5, stride=4, padding=2), nn.GELU(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * channels, hidden))
+
+    def forward(self, depth: torch.Tensor) -> torch.Tensor:
+        return self.net(depth)
+
+
+class R3DPreTrainedModel(PreTrainedModel):
+    config_class = R3DConfig
+    base_model_prefix = 'r3d'
+    supports_gradient_checkpointing = True
+    _no_split_modules = ['Qwen2DecoderLayer', 'Qwen3DecoderLayer']
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class R3DForConditionalGeneration(R3DPreTrainedModel):
+    def __init__(self, config: R3DConfig):
+        super().__init__(config)
+        hidden = config.text_config.hidden_size
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.point_encoder = PointEncoder(config.point_feature_dim, config.point_hidden_size,
+                                          config.num_scene_tokens, config.point_knn, config.point_layers,
+                                          config.point_heads)
+        self.scene_projector = nn.Sequential(nn.Linear(config.point_hidden_size, hidden), nn.GELU(),
+                                             nn.Linear(hidden, hidden))
+        if config.use_views:
+            self.vision_tower = AutoModel.from_config(config.vision_config)
+            self.view_projector = nn.Linear(config.vision_config.hidden_size, hidden)
+            self.depth_encoder = DepthEncoder(config.depth_channels, hidden)
+        self.post_init()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    @classmethod
+    def from_backbone(cls, backbone_path: str | Path, **config_kwargs) -> R3DForConditionalGeneration:
+        """A new R3D model around a pretrained causal LM from a local path (Qwen2 / Qwen2.5 / Qwen3)."""
+        lm = AutoModelForCausalLM.from_pretrained(str(backbone_path))
+        model = cls(R3DConfig(text_config=lm.config, **config_kwargs))
+        model.language_model.load_state_dict(lm.state_dict())
+        return model
+
+    # -- multimodal embedding ----------------------------------------------------------------
+    def _view_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(V, 3, H, W) -> (V * num_view_tokens, hidden): vision-tower patches pooled per view."""
+        out = self.vision_tower(pixel_values=pixels).last_hidden_state       # (V, P, C)
+        pooled = nn.functional.adaptive_avg_pool1d(out.transpose(1, 2), self.config.num_view_tokens)
+        return self.view_projector(pooled.transpose(1, 2)).reshape(-1, self.config.text_config.hidden_size)
+
+    def embed(self, input_ids, point_clouds=None, view_pixel_values=None, view_depths=None, view_mask=None):
+        embeds = self.get_input_embeddings()(input_ids)
+        cfg = self.config
+        scene_mask = input_ids == cfg.scene_token_id
+        if point_clouds is not None and scene_mask.any():
+            feats = self.scene_projector(self.point_encoder(point_clouds.to(embeds.dtype)))
+            embeds = embeds.masked_scatter(scene_mask[..., None], feats.to(embeds.dtype))
+        if cfg.use_views and view_pixel_values is not None and (input_ids == cfg.view_token_id).any():
+            if view_mask is None:
+                view_mask = torch.ones(view_pixel_values.shape[:2], dtype=torch.bool, device=input_ids.device)
+            valid = view_mask.bool()
+            pixels = view_pixel_values[valid].to(embeds.dtype)              # (sum V, 3, H, W), sample-major
+            view_feats = self._view_tokens(pixels)
+            embeds = embeds.masked_scatter((input_ids == cfg.view_token_id)[..., None], view_feats.to(embeds.dtype))
+            if view_depths is not None:
+                depth_feats = self.depth_encoder(view_depths[valid].to(embeds.dtype))
+                embeds = embeds.masked_scatter((input_ids == cfg.depth_token_id)[..., None],
+                                               depth_feats.to(embeds.dtype))
+        return embeds
+
+    def forward(self, input_ids=None, attention_mask=None, point_clouds=None, view_pixel_values=None,
+                view_depths=None, view_mask=None, labels=None, inputs_embeds=None, **kwargs):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, point_clouds, view_pixel_values, view_depths, view_mask)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
+                                   **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, point_clouds=None, view_pixel_values=None,
+                 view_depths=None, view_mask=None, **generate_kwargs) -> torch.Tensor:
+        """Greedy/sampled decoding; returns prompt ids followed by the new tokens (like a causal LM)."""
+        embeds = self.embed(input_ids, point_clouds, view_pixel_values, view_depths, view_mask)
+        text = self.config.text_config
+        generate_kwargs.setdefault('pad_token_id', text.pad_token_id)
+        generate_kwargs.setdefault('eos_token_id', text.eos_token_id)
+        new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        return torch.cat([input_ids, new.to(input_ids.device)], dim=1)

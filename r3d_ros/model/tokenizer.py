@@ -1,0 +1,62 @@
+"""The tiny model's tokenizer: byte-level BPE trained with `tokenizers` on the project's own text.
+
+Digits are split one by one (box coordinates are text, and a tiny LM learns numbers digit by digit), and
+every marker of the completion grammar plus the prompt/placeholder tokens is a single special token.
+Rebuild: ``python -m r3d_ros.model.tokenizer r3d_ros/assets/r3d_tiny_tokenizer``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+import sys
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from r3d_ros.output_format import ACTIONS, MARKERS, SYSTEM_PROMPT
+
+PAD, EOS = '<|pad|>', '<|end|>'
+SYSTEM, USER, ASSISTANT = '<|system|>', '<|user|>', '<|assistant|>'
+SCENE, VIEW, DEPTH = '<scene>', '<view>', '<depth>'
+SPECIAL_TOKENS = [PAD, EOS, SYSTEM, USER, ASSISTANT, SCENE, VIEW, DEPTH, *MARKERS]
+
+LABELS = ('chair', 'table', 'sofa', 'bed', 'lamp', 'cabinet', 'shelf', 'monitor', 'plant', 'box', 'desk', 'stool',
+          'bin', 'cup', 'book', 'bottle', 'tv', 'door', 'window', 'pillow', 'vase', 'fridge', 'toilet', 'sink',
+          'bathtub', 'cylinder', 'backpack', 'laptop', 'keyboard', 'picture', 'wardrobe', 'nightstand', 'dresser')
+COLORS = ('red', 'green', 'blue', 'yellow', 'white', 'black', 'gray', 'brown', 'beige', 'orange', 'purple', 'pink')
+PHRASES = (
+    'First, I locate the {c} {l} in the scene. Next, I look at its position relative to the room. Then, I compare '
+    'it with the other objects. Finally, the answer is the {l}.',
+    'How many {l}s are in the room? Where is the {c} {l}? What color is the {l}? Is there a {l} in the room?',
+    'Which object is closest to the {l}? What is on top of the {l}? Bring the {l} to the {l2}. '
+    'The {l} is to the left of the {l2} when facing the window. The distance between them is about 1.5 meters.',
+    'Step 1: find the {l}. Step 2: find the {l2}. Step 3: navigate to the {l}, pick it, then place it on the {l2}.',
+)
+
+
+def corpus() -> list[str]:
+    lines = [SYSTEM_PROMPT, ' '.join(ACTIONS), ' '.join(str(i) for i in range(100))]
+    for (l1, l2), c in itertools.product(itertools.permutations(LABELS[:12], 2), COLORS):
+        lines += [p.format(l=l1, l2=l2, c=c) for p in PHRASES]
+    for v in range(0, 1000, 7):
+        lines.append(f'<box>chair_{v % 30} {v / 100:.2f} {-v / 200:.2f} 0.45 0.50 0.50 0.90</box>')
+    return lines
+
+
+def train_tokenizer(vocab_size: int = 1200) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
+                                   additional_special_tokens=SPECIAL_TOKENS[2:], padding_side='left')
+
+
+if __name__ == '__main__':
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else 'r3d_tiny_tokenizer')
+    train_tokenizer().save_pretrained(str(out))
+    print(f'wrote {out}')

@@ -1,0 +1,150 @@
+"""The 3D-R1 model: shapes, learning, exact generation, save/load, batching, LoRA counts, local backbones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, Qwen2Config, Qwen2ForCausalLM
+
+from r3d_ros.model import R3DConfig, R3DForConditionalGeneration, R3DProcessor
+from r3d_ros.model.lora import apply_lora, count_parameters
+from r3d_ros.model.presets import build_tiny_model_and_processor, paper_config, tiny_tokenizer
+from r3d_ros.output_format import Box, PlanStep, format_completion, parse_completion
+
+torch.set_num_threads(1)
+
+
+def _cloud(seed, n=1500):
+    rng = np.random.default_rng(seed)
+    xyz = rng.uniform([0, 0, 0], [5, 4, 2.5], (n, 3))
+    return np.concatenate([xyz, rng.uniform(0, 1, (n, 3))], axis=1).astype(np.float32)
+
+
+def _views(seed, k):
+    rng = np.random.default_rng(seed)
+    return ([(rng.uniform(0, 255, (40, 56, 3))).astype(np.uint8) for _ in range(k)],
+            [rng.uniform(0.5, 6, (40, 56)).astype(np.float32) for _ in range(k)])
+
+
+TARGETS = [
+    format_completion('First, I find the red chair. Next, I read its box. Finally, the target is the chair.',
+                      'The red chair is by the wall.', [Box('chair_3', (1.25, -0.40, 0.45), (0.50, 0.50, 0.90))]),
+    format_completion('First, the box is on the floor. Then the table is near. Finally, place it on the table.',
+                      'Bring it to the table.', plan=[PlanStep('navigate_to', 'box_2', (2.0, 1.0, 0.0)),
+                                                      PlanStep('pick', 'box_2', (2.0, 1.2, 0.2))]),
+]
+QUESTIONS = ['Where is the red chair?', 'Bring the box to the table.']
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    return build_tiny_model_and_processor(seed=0)
+
+
+def test_forward_backward_shapes(tiny):
+    model, proc = tiny
+    v, d = _views(0, 3)
+    batch = proc(questions=QUESTIONS[:1], point_clouds=[_cloud(0)], views=[v], depths=[d], targets=TARGETS[:1])
+    assert batch['point_clouds'].shape == (1, model.config.num_points, 6)
+    assert batch['view_pixel_values'].shape == (1, 3, 3, 64, 64)
+    n_scene = (batch['input_ids'] == model.config.scene_token_id).sum().item()
+    n_view = (batch['input_ids'] == model.config.view_token_id).sum().item()
+    assert (n_scene, n_view) == (model.config.num_scene_tokens, 3 * model.config.num_view_tokens)
+    out = model(**batch)
+    assert out.logits.shape == (*batch['input_ids'].shape, model.config.text_config.vocab_size)
+    out.loss.backward()
+    for name in ('point_encoder', 'scene_projector', 'view_projector', 'depth_encoder', 'vision_tower'):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(name)]
+        assert grads and all(g is not None for g in grads), f'no gradient reached {name}'
+    model.zero_grad()
+
+
+def test_overfits_a_small_batch_then_generates_the_targets_exactly():
+    model, proc = build_tiny_model_and_processor(with_views=False, num_points=256, seed=1)
+    clouds = [_cloud(1, 400), _cloud(2, 400)]
+    batch = proc(questions=QUESTIONS, point_clouds=clouds, targets=TARGETS)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    first = None
+    for _ in range(120):
+        loss = model(**batch).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.02 * first:
+            break
+    assert loss.item() <= 0.1 * first, (first, loss.item())
+    model.eval()
+    gen = proc(questions=QUESTIONS, point_clouds=clouds)
+    out = model.generate(**gen, max_new_tokens=96, do_sample=False)
+    texts = proc.batch_decode(out[:, gen['input_ids'].shape[1]:])
+    for text, target in zip(texts, TARGETS):
+        assert text.strip() == target
+        assert parse_completion(text).format_valid
+
+
+def test_save_load_round_trip_gives_identical_logits(tiny, tmp_path):
+    model, proc = tiny
+    model.eval()
+    v, d = _views(3, 2)
+    batch = proc(questions=QUESTIONS[:1], point_clouds=[_cloud(3)], views=[v], depths=[d])
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    assert (tmp_path / 'model.safetensors').exists() and not list(tmp_path.glob('*.bin'))
+    loaded = R3DForConditionalGeneration.from_pretrained(tmp_path).eval()
+    auto = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), R3DConfig) and isinstance(auto, R3DForConditionalGeneration)
+    proc2 = R3DProcessor.from_pretrained(tmp_path)
+    batch2 = proc2(questions=QUESTIONS[:1], point_clouds=[_cloud(3)], views=[v], depths=[d])
+    with torch.no_grad():
+        a, b = model(**batch).logits, loaded(**batch2).logits
+    assert torch.equal(a, b)
+
+
+def test_padded_batch_equals_one_by_one(tiny):
+    model, proc = tiny
+    model.eval()
+    qs = ['Where is the chair?', 'How many lamps are there in this room and where are they?']
+    clouds = [_cloud(4), _cloud(5, 900)]
+    views = [_views(4, 1), _views(5, 3)]
+    batch = proc(questions=qs, point_clouds=clouds, views=[v for v, _ in views], depths=[d for _, d in views])
+    with torch.no_grad():
+        together = model(**batch).logits
+        for i in range(2):
+            single = proc(questions=[qs[i]], point_clouds=[clouds[i]], views=[views[i][0]], depths=[views[i][1]])
+            alone = model(**single).logits[0]
+            mask = batch['attention_mask'][i].bool()
+            torch.testing.assert_close(together[i][mask], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_paper_size_config_on_meta_device_reports_lora_counts():
+    cfg = paper_config()
+    with torch.device('meta'):
+        model = R3DForConditionalGeneration(cfg)
+        counts = count_parameters(apply_lora(model))
+    # LoRA r=12 on q,k,v,o,gate,up,down of the last 8 of 28 blocks of a Qwen2.5-7B-shaped backbone
+    per_block = 12 * ((3584 + 3584) * 2 + (3584 + 512) * 2 + (3584 + 18944) * 3)
+    assert counts['lora'] == 8 * per_block == 8_650_752
+    assert 7.0e9 < counts['total'] < 8.5e9
+    assert counts['lora'] < counts['trainable'] < 0.1 * counts['total']
+    print(f"\npaper-size: total {counts['total'] / 1e9:.2f}B, trainable {counts['trainable'] / 1e6:.1f}M, "
+          f"LoRA {counts['lora'] / 1e6:.2f}M (the paper states ~12M LoRA, ~142M trainable)")
+
+
+def test_local_qwen2_checkpoint_loads_as_the_backbone(tmp_path):
+    tok = tiny_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(7)
+    Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / 'qwen2_tiny')
+    ref = Qwen2ForCausalLM.from_pretrained(tmp_path / 'qwen2_tiny')
+    model = R3DForConditionalGeneration.from_backbone(tmp_path / 'qwen2_tiny', num_scene_tokens=4,
+                                                      point_hidden_size=32, **{
+                                                          'scene_token_id': tok.convert_tokens_to_ids('<scene>')})
+    for (n, a), b in zip(ref.state_dict().items(), model.language_model.state_dict().values()):
+        assert torch.equal(a, b), n
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits)
