@@ -132,9 +132,13 @@ class ScenePipeline:
         processor = R3DProcessor.from_pretrained(str(path))
         selector = None
         if with_views and num_views > 0 and getattr(model.config, 'use_views', True):
-            from r3d_ros.views import ViewSelector, ViewSelectorConfig
-
-            selector = ViewSelector(ViewSelectorConfig(top_k=num_views), device=device)
+            try:
+                from r3d_ros.views import ViewSelector, ViewSelectorConfig
+            except ImportError:
+                # no view selection in this install: the model answers from the point-cloud tokens alone
+                ViewSelector = None
+            if ViewSelector is not None:
+                selector = ViewSelector(ViewSelectorConfig(top_k=num_views), device=device)
         pipe = cls(model, processor, selector, device=device, num_views=num_views,
                    max_new_tokens=max_new_tokens, **kw)
         pipe.model_path = str(path)

@@ -276,9 +276,6 @@ class ReasonerNode(LifecycleNode):
         payload = result.to_dict()
         if result.status != STATUS_OK:
             self.get_logger().warn(f"query {result.id}: {result.status}: {result.message}")
-        self._pubs['answer'].publish(String(data=json.dumps(payload)))
-        self._pubs['answer_text'].publish(String(data=result.answer_text if result.status == STATUS_OK
-                                                 else f'[{result.status}] {result.message}'))
         markers = MarkerArray(markers=[Marker(action=Marker.DELETEALL, ns='r3d_grounding')])
         for i, box in enumerate(result.boxes):
             markers.markers += _box_markers(box, i, frame, stamp)
@@ -302,6 +299,10 @@ class ReasonerNode(LifecycleNode):
             self._pubs['plan_path'].publish(path)
         elif result.status == STATUS_INVALID_PLAN:
             self.get_logger().error(f'query {result.id}: plan rejected: {result.message}')
+        # `answer` goes last: a client that waits for it has every other output of this query already
+        self._pubs['answer_text'].publish(String(data=result.answer_text if result.status == STATUS_OK
+                                                 else f'[{result.status}] {result.message}'))
+        self._pubs['answer'].publish(String(data=json.dumps(payload)))
 
     def _publish_diagnostics(self) -> None:
         if 'diagnostics' not in self._pubs:
