@@ -1,0 +1,62 @@
+"""ScenePipeline (no ROS): answers, parsing, and the error paths a robot must survive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from r3d_ros.pipeline import STATUS_ERROR, STATUS_OK, ScenePipeline, default_model_path
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope='module')
+def pipe():
+    return ScenePipeline.from_pretrained(default_model_path(), device='cpu', max_new_tokens=24)
+
+
+def _scene(n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform([0, 0, 0], [5, 4, 2.5], (n, 3)).astype(np.float32), rng.integers(0, 255, (n, 3), np.uint8)
+
+
+def test_answers_with_timings_and_streams_tokens(pipe):
+    pieces = []
+    res = pipe.answer(*_scene(), 'Where is the lamp?', query_id='a', on_text=pieces.append)
+    assert res.status == STATUS_OK and res.id == 'a'
+    assert res.timings['new_tokens'] > 0 and res.timings['generate_s'] > 0
+    assert ''.join(pieces).strip() and res.raw
+
+
+@pytest.mark.parametrize('question, points, message', [
+    ('   ', 100, 'empty question'), ('why ' * 1000, 100, 'limit'), ('Where is the lamp?', 0, 'no map'),
+])
+def test_bad_requests_are_errors_not_exceptions(pipe, question, points, message):
+    xyz, rgb = _scene(max(points, 1))
+    res = pipe.answer(xyz[:points], rgb[:points], question)
+    assert res.status == STATUS_ERROR and message in res.message
+
+
+def test_gpu_out_of_memory_is_reported_and_the_next_query_still_runs(pipe, monkeypatch):
+    """A GPU OOM cannot happen on this CPU machine, so the model raises the exact exception CUDA would."""
+    real = pipe.model.generate
+    calls = []
+
+    def oom_once(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pipe.model, 'generate', oom_once)
+    first = pipe.answer(*_scene(), 'Where is the lamp?')
+    assert first.status == STATUS_ERROR and 'GPU out of memory' in first.message
+    assert pipe.answer(*_scene(), 'Where is the lamp?').status == STATUS_OK
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    from r3d_ros.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match='no model checkpoint'):
+        ScenePipeline.from_pretrained(tmp_path / 'nothing')
