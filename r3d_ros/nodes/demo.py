@@ -142,6 +142,15 @@ def main(argv=None) -> int:
     from r3d_ros.ros_env import loopback_env
 
     questions = args.question or DEFAULT_QUESTIONS
+    try:
+        from r3d_ros.pipeline import default_model_path
+
+        model = default_model_path()
+        print(f'model: {model}' + ('  (UNTRAINED: random weights, so the answers below are noise; a trained '
+                                   'checkpoint in r3d_ros/assets/r3d_tiny replaces it)'
+                                   if model.name.endswith('untrained') else ''))
+    except Exception as exc:  # noqa: BLE001 - the reasoner will report the same problem per question
+        print(f'model: none ({exc})')
     overrides = parse_overrides([f'sim_sensor.period={args.lap}', *args.param])
     with Bringup('sim_demo', overrides=overrides) as graph:
         import os
@@ -170,7 +179,8 @@ def main(argv=None) -> int:
                       + (f' ({res.get("message")})' if res.get('message') else ''))
                 if res.get('think'):
                     print(f'  think: {res["think"][:400]}')
-                print(f'  answer: {res.get("answer_text", "")}')
+                answer = res.get('answer_text', '')
+                print(f'  answer: {answer[:300]}' + (' …' if len(answer) > 300 else ''))
                 for box in res.get('boxes', []):
                     print(f"  box: {box['ref']} centre {box['center']} size {box['size']} (m, map frame)")
                 for step in res.get('plan', []):
