@@ -12,6 +12,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+from r3d_ros.process import wait_until as _poll
+
 
 class RosProbe:
     """An rclpy node in its own context, spinning in a daemon thread, with waiting helpers."""
@@ -148,12 +150,3 @@ class Listener:
                 if left <= 0:
                     raise AssertionError(f'no matching message within {timeout:.1f}s ({seen} received)')
                 self._cond.wait(left)
-
-
-def _poll(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -29,10 +29,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseStamped
 from nav_msgs.msg import Path as PathMsg
 import numpy as np
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -40,6 +37,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
+from r3d_ros.nodes.common import describe, run_lifecycle_node
 from r3d_ros.nodes.conversions import matrix_to_pose
 from r3d_ros.pipeline import (
     STATUS_BUSY,
@@ -53,17 +51,6 @@ from r3d_ros.pipeline import (
     check_question,
 )
 from r3d_ros.pointcloud import PointCloudError, xyz_rgb_from_cloud
-
-
-def _desc(text: str, ints: tuple[int, int] | None = None, floats: tuple[float, float] | None = None,
-          read_only: bool = False) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=text, read_only=read_only)
-    if ints:
-        d.integer_range = [IntegerRange(from_value=ints[0], to_value=ints[1], step=1)]
-    if floats:
-        d.floating_point_range = [FloatingPointRange(from_value=floats[0], to_value=floats[1], step=0.0)]
-    return d
-
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -87,18 +74,18 @@ def parse_query(text: str) -> dict:
 class ReasonerNode(LifecycleNode):
     def __init__(self, **kw):
         super().__init__('reasoner', **kw)
-        self.declare_parameter('model_path', '', _desc('Checkpoint directory; empty = the embedded default',
+        self.declare_parameter('model_path', '', describe('Checkpoint directory; empty = the embedded default',
                                                        read_only=True))
-        self.declare_parameter('device', 'auto', _desc("'auto' (GPU when present), 'cpu' or 'cuda[:N]'",
+        self.declare_parameter('device', 'auto', describe("'auto' (GPU when present), 'cpu' or 'cuda[:N]'",
                                                        read_only=True))
-        self.declare_parameter('num_views', 6, _desc('Views selected per question (paper: 6)', ints=(0, 32)))
-        self.declare_parameter('max_new_tokens', 256, _desc('Decoding budget per answer', ints=(8, 4096)))
-        self.declare_parameter('queue_size', 4, _desc('Queries waiting for the model before "busy"',
+        self.declare_parameter('num_views', 6, describe('Views selected per question (paper: 6)', ints=(0, 32)))
+        self.declare_parameter('max_new_tokens', 256, describe('Decoding budget per answer', ints=(8, 4096)))
+        self.declare_parameter('queue_size', 4, describe('Queries waiting for the model before "busy"',
                                                       ints=(1, 256), read_only=True))
-        self.declare_parameter('max_query_chars', 2000, _desc('Longer questions are refused', ints=(1, 100_000)))
-        self.declare_parameter('map_frame', 'map', _desc('Frame of the map and of every output'))
-        self.declare_parameter('diagnostics_period', 1.0, _desc('Seconds between diagnostics', floats=(0.1, 60.0)))
-        self.declare_parameter('autostart', True, _desc('Configure and activate at start (no lifecycle manager '
+        self.declare_parameter('max_query_chars', 2000, describe('Longer questions are refused', ints=(1, 100_000)))
+        self.declare_parameter('map_frame', 'map', describe('Frame of the map and of every output'))
+        self.declare_parameter('diagnostics_period', 1.0, describe('Seconds between diagnostics', floats=(0.1, 60.0)))
+        self.declare_parameter('autostart', True, describe('Configure and activate at start (no lifecycle manager '
                                                         'needed)', read_only=True))
         self.pipeline: ScenePipeline | None = None
         self.load_error = ''
@@ -159,7 +146,7 @@ class ReasonerNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        self._shutdown_worker()
+        self.stop_worker()
         for sub in self._subs:
             self.destroy_subscription(sub)
         for pub in self._pubs.values():
@@ -170,10 +157,10 @@ class ReasonerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self._shutdown_worker()
+        self.stop_worker()
         return TransitionCallbackReturn.SUCCESS
 
-    def _shutdown_worker(self) -> None:
+    def stop_worker(self) -> None:
         self._stop.set()
         if self._current is not None:
             self._current[1].set()
@@ -346,21 +333,7 @@ def _box_markers(box, i: int, frame: str, stamp) -> list[Marker]:
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = ReasonerNode()
-    if node.get_parameter('autostart').value:
-        node.trigger_configure()
-        node.trigger_activate()
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._shutdown_worker()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_lifecycle_node(ReasonerNode, args, threads=3)
 
 
 if __name__ == '__main__':

@@ -20,10 +20,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -31,45 +28,39 @@ from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
 from r3d_ros.mapping import PoseBuffer, VoxelMap
+from r3d_ros.nodes.common import describe, run_lifecycle_node
 from r3d_ros.nodes.conversions import pose_to_matrix, stamp_to_sec, to_pointcloud2
 from r3d_ros.pointcloud import PointCloudError, xyz_rgb_from_cloud
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def _desc(text, ints=None, floats=None, read_only=False, choices=None):
-    d = ParameterDescriptor(description=text + (f' (one of {choices})' if choices else ''), read_only=read_only)
-    if ints:
-        d.integer_range = [IntegerRange(from_value=ints[0], to_value=ints[1], step=1)]
-    if floats:
-        d.floating_point_range = [FloatingPointRange(from_value=floats[0], to_value=floats[1], step=0.0)]
-    return d
-
-
 class SceneMapNode(LifecycleNode):
     def __init__(self, **kw):
         super().__init__('scene_map', **kw)
-        self.declare_parameter('fixed_frame', 'map', _desc('Frame of the map', read_only=True))
-        self.declare_parameter('voxel_size', 0.05, _desc('Voxel edge in metres', floats=(0.005, 1.0), read_only=True))
-        self.declare_parameter('max_voxels', 2_000_000, _desc('Memory bound; the stalest voxels are evicted first',
+        self.declare_parameter('fixed_frame', 'map', describe('Frame of the map', read_only=True))
+        self.declare_parameter('voxel_size', 0.05, describe('Voxel edge in metres', floats=(0.005, 1.0),
+                                                            read_only=True))
+        self.declare_parameter('max_voxels', 2_000_000, describe('Memory bound; the stalest voxels are evicted first',
                                                               ints=(1000, 50_000_000), read_only=True))
-        self.declare_parameter('min_range', 0.1, _desc('Points nearer the sensor are dropped (m)', floats=(0.0, 10.0)))
-        self.declare_parameter('max_range', 10.0, _desc('Points farther from the sensor are dropped (m)',
+        self.declare_parameter('min_range', 0.1, describe('Points nearer the sensor are dropped (m)',
+                                                          floats=(0.0, 10.0)))
+        self.declare_parameter('max_range', 10.0, describe('Points farther from the sensor are dropped (m)',
                                                         floats=(0.1, 200.0)))
-        self.declare_parameter('pose_source', 'odom', _desc('Where sensor poses come from', read_only=True,
+        self.declare_parameter('pose_source', 'odom', describe('Where sensor poses come from', read_only=True,
                                                             choices=['odom', 'pose', 'none']))
-        self.declare_parameter('pose_topic', 'odom', _desc('Odometry or PoseStamped topic', read_only=True))
-        self.declare_parameter('max_pose_age', 0.1, _desc('Largest gap (s) between a cloud and the nearest pose '
+        self.declare_parameter('pose_topic', 'odom', describe('Odometry or PoseStamped topic', read_only=True))
+        self.declare_parameter('max_pose_age', 0.1, describe('Largest gap (s) between a cloud and the nearest pose '
                                                           'outside the buffered span', floats=(0.0, 5.0)))
-        self.declare_parameter('queue_size', 4, _desc('Frames waiting to be fused; more drop the oldest',
+        self.declare_parameter('queue_size', 4, describe('Frames waiting to be fused; more drop the oldest',
                                                       ints=(1, 100), read_only=True))
-        self.declare_parameter('publish_rate', 1.0, _desc('Map publications per second', floats=(0.01, 50.0),
+        self.declare_parameter('publish_rate', 1.0, describe('Map publications per second', floats=(0.01, 50.0),
                                                           read_only=True))
-        self.declare_parameter('map_path', '', _desc('Map file (.npz or .ply): loaded at start when it exists, '
+        self.declare_parameter('map_path', '', describe('Map file (.npz or .ply): loaded at start when it exists, '
                                                      'written by ~/save and every snapshot_period', read_only=True))
-        self.declare_parameter('snapshot_period', 0.0, _desc('Seconds between automatic saves; 0 = never',
+        self.declare_parameter('snapshot_period', 0.0, describe('Seconds between automatic saves; 0 = never',
                                                              floats=(0.0, 86400.0), read_only=True))
-        self.declare_parameter('autostart', True, _desc('Configure and activate at start', read_only=True))
+        self.declare_parameter('autostart', True, describe('Configure and activate at start', read_only=True))
         self.voxel_map: VoxelMap | None = None
         self.poses = PoseBuffer()
         self._frames: deque = deque()
@@ -126,14 +117,14 @@ class SceneMapNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
-        self._stop_worker()
+        self.stop_worker()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self._stop_worker()
+        self.stop_worker()
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_worker(self):
+    def stop_worker(self):
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
@@ -243,21 +234,7 @@ class SceneMapNode(LifecycleNode):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = SceneMapNode()
-    if node.get_parameter('autostart').value:
-        node.trigger_configure()
-        node.trigger_activate()
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._stop_worker()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_lifecycle_node(SceneMapNode, args, threads=2)
 
 
 if __name__ == '__main__':

@@ -9,41 +9,38 @@ clouds exactly as it would a real robot's. The scene, trajectory and sensor come
 from __future__ import annotations
 
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import PointCloud2
 
+from r3d_ros.nodes.common import describe
 from r3d_ros.nodes.conversions import matrix_to_pose, to_pointcloud2
 from r3d_ros.scenes.sensor_sim import SimulatedSensor, orbit_pose
 from r3d_ros.scenes.synthetic import generate_scene
 
-
-def _desc(text, ints=None, floats=None, read_only=True):
-    d = ParameterDescriptor(description=text, read_only=read_only)
-    if ints:
-        d.integer_range = [IntegerRange(from_value=ints[0], to_value=ints[1], step=1)]
-    if floats:
-        d.floating_point_range = [FloatingPointRange(from_value=floats[0], to_value=floats[1], step=0.0)]
-    return d
+#: name, default, description, bounds (all read-only: the scene and sensor are built once, at start)
+PARAMETERS = [
+    ('scene_seed', 0, 'Seed of the synthetic room', {'ints': (0, 2**31 - 1)}),
+    ('point_density', 400.0, 'Scene surface samples per m^2', {'floats': (10.0, 1e5)}),
+    ('sensor_model', 'depth_camera', "'depth_camera' or 'lidar'", {}),
+    ('width', 96, 'Depth camera columns', {'ints': (8, 4096)}),
+    ('height', 72, 'Depth camera rows', {'ints': (8, 4096)}),
+    ('max_range', 8.0, 'Sensor range (m)', {'floats': (0.5, 200.0)}),
+    ('noise', True, 'Add range noise', {}),
+    ('rate', 5.0, 'Frames per second (points and odom)', {'floats': (0.1, 100.0)}),
+    ('period', 30.0, 'Seconds per lap of the orbit trajectory', {'floats': (1.0, 3600.0)}),
+    ('sensor_frame', 'sensor', 'Frame of the published clouds', {}),
+    ('map_frame', 'map', 'Fixed frame of the odometry', {}),
+]
 
 
 class SimSensorNode(Node):
     def __init__(self, **kw):
         super().__init__('sim_sensor', **kw)
-        self.declare_parameter('scene_seed', 0, _desc('Seed of the synthetic room', ints=(0, 2**31 - 1)))
-        self.declare_parameter('point_density', 400.0, _desc('Scene surface samples per m^2', floats=(10.0, 1e5)))
-        self.declare_parameter('sensor_model', 'depth_camera', _desc("'depth_camera' or 'lidar'"))
-        self.declare_parameter('width', 96, _desc('Depth camera columns', ints=(8, 4096)))
-        self.declare_parameter('height', 72, _desc('Depth camera rows', ints=(8, 4096)))
-        self.declare_parameter('max_range', 8.0, _desc('Sensor range (m)', floats=(0.5, 200.0)))
-        self.declare_parameter('noise', True, _desc('Add range noise'))
-        self.declare_parameter('rate', 5.0, _desc('Frames per second (points and odom)', floats=(0.1, 100.0)))
-        self.declare_parameter('period', 30.0, _desc('Seconds per lap of the orbit trajectory', floats=(1.0, 3600.0)))
-        self.declare_parameter('sensor_frame', 'sensor', _desc('Frame of the published clouds'))
-        self.declare_parameter('map_frame', 'map', _desc('Fixed frame of the odometry'))
+        for name, default, text, bounds in PARAMETERS:
+            self.declare_parameter(name, default, describe(text, read_only=True, **bounds))
         p = lambda n: self.get_parameter(n).value  # noqa: E731
         self.scene = generate_scene(p('scene_seed'), point_density=p('point_density'))
         self.sensor = SimulatedSensor(self.scene, p('sensor_model'), width=p('width'), height=p('height'),

@@ -1,0 +1,38 @@
+"""Helpers every r3d_ros node shares: parameter descriptors and the lifecycle-node main loop."""
+
+from __future__ import annotations
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+
+def describe(text: str, ints: tuple[int, int] | None = None, floats: tuple[float, float] | None = None,
+             read_only: bool = False, choices: list[str] | None = None) -> ParameterDescriptor:
+    """A ParameterDescriptor with a description and, where given, a range or the allowed values."""
+    d = ParameterDescriptor(description=text + (f' (one of {choices})' if choices else ''), read_only=read_only)
+    if ints:
+        d.integer_range = [IntegerRange(from_value=ints[0], to_value=ints[1], step=1)]
+    if floats:
+        d.floating_point_range = [FloatingPointRange(from_value=floats[0], to_value=floats[1], step=0.0)]
+    return d
+
+
+def run_lifecycle_node(node_class, args=None, threads: int = 2) -> None:
+    """rclpy.init, build the node, configure + activate when its ``autostart`` parameter says so (no lifecycle
+    manager exists here), spin a multi-threaded executor until shutdown, then stop the node's worker."""
+    rclpy.init(args=args)
+    node = node_class()
+    if node.get_parameter('autostart').value:
+        node.trigger_configure()
+        node.trigger_activate()
+    executor = MultiThreadedExecutor(num_threads=threads)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop_worker()
+        node.destroy_node()
+        rclpy.try_shutdown()
