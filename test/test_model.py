@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipConfig,
+    SiglipModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from r3d_ros.model import R3DConfig, R3DForConditionalGeneration, R3DProcessor
 from r3d_ros.model.lora import apply_lora, count_parameters
@@ -148,3 +159,59 @@ def test_local_qwen2_checkpoint_loads_as_the_backbone(tmp_path):
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+QWEN_STYLE_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _qwen_style_tokenizer():
+    """A word-level stand-in for a Qwen tokenizer: its own chat template and <|im_end|> eos, no R3D tokens."""
+    words = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '[UNK]', 'system', 'user', 'assistant', 'where', 'is',
+             'the', 'chair', '?']
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='[UNK]'))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token='<|im_end|>', unk_token='[UNK]',
+                                   additional_special_tokens=['<|im_start|>', '<|endoftext|>'])
+    fast.chat_template = QWEN_STYLE_TEMPLATE
+    return fast
+
+
+@pytest.mark.parametrize('dual_encoder', [False, True])
+def test_backbone_tokenizer_and_vision_tower_from_local_paths(tmp_path, dual_encoder):
+    tok = _qwen_style_tokenizer()
+    base_vocab = len(tok)
+    torch.manual_seed(3)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=base_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / 'lm')
+    vision_cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                    image_size=32, patch_size=16)
+    if dual_encoder:  # a full SigLIP checkpoint: only its vision half is used
+        vision = SiglipModel(SiglipConfig(text_config={'hidden_size': 32, 'intermediate_size': 64,
+                                                       'num_hidden_layers': 1, 'num_attention_heads': 2,
+                                                       'vocab_size': 50}, vision_config=vision_cfg.to_dict()))
+    else:
+        vision = SiglipVisionModel(vision_cfg)
+    vision.save_pretrained(tmp_path / 'vision')
+    model = R3DForConditionalGeneration.from_backbone(tmp_path / 'lm', tmp_path / 'vision', tokenizer=tok,
+                                                      num_scene_tokens=4, point_hidden_size=32, num_view_tokens=2,
+                                                      num_points=128).eval()
+    # markers and placeholders became single special tokens; embeddings grew to match
+    assert len(tok) > base_vocab and model.get_input_embeddings().num_embeddings == len(tok)
+    assert model.config.scene_token_id == tok.convert_tokens_to_ids('<scene>') >= base_vocab
+    assert model.config.text_config.eos_token_id == tok.convert_tokens_to_ids('<|im_end|>')
+    src = vision.vision_model if dual_encoder else vision
+    for name, weight in src.state_dict().items():
+        assert torch.equal(model.vision_tower.state_dict()[name], weight), name
+    proc = R3DProcessor(tok, num_points=128, num_scene_tokens=4, num_view_tokens=2, image_size=32)
+    text = proc.prompt('where is the chair ?', num_views=1)
+    assert text.startswith('<|im_start|>system\n') and text.endswith('<|im_start|>assistant\n')
+    v, d = _views(9, 1)
+    batch = proc(questions=['where is the chair ?'], point_clouds=[_cloud(9, 300)], views=[v], depths=[d],
+                 targets=['<think>the chair</think><answer>chair</answer>'])
+    assert (batch['input_ids'] == model.config.scene_token_id).sum() == 4
+    assert (batch['input_ids'] == model.config.view_token_id).sum() == 2
+    assert batch['labels'][0, -1] == tok.eos_token_id
+    out = model(**batch)
+    assert torch.isfinite(out.loss) and out.logits.shape[-1] == len(tok)

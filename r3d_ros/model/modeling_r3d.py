@@ -82,11 +82,38 @@ class R3DForConditionalGeneration(R3DPreTrainedModel):
         return self.language_model.get_output_embeddings()
 
     @classmethod
-    def from_backbone(cls, backbone_path: str | Path, **config_kwargs) -> R3DForConditionalGeneration:
-        """A new R3D model around a pretrained causal LM from a local path (Qwen2 / Qwen2.5 / Qwen3)."""
+    def from_backbone(cls, backbone_path: str | Path, vision_tower_path: str | Path | None = None, tokenizer=None,
+                      **config_kwargs) -> R3DForConditionalGeneration:
+        """A new R3D model around pretrained parts from local paths.
+
+        ``backbone_path``: a Qwen2 / Qwen2.5 / Qwen3 causal LM. ``vision_tower_path``: a SigLIP / SigLIP-2 /
+        CLIP checkpoint (a vision-only model, or a dual encoder whose vision half is taken); without it the
+        model has no view tokens unless ``vision_config`` is given. ``tokenizer``: the tokenizer the processor
+        will use; the placeholder/marker tokens are added to it (``prepare_tokenizer``), the backbone's
+        embeddings are resized and the token ids, pad and eos are taken from it.
+        """
+        from r3d_ros.model.tokenizer import DEPTH, SCENE, VIEW, prepare_tokenizer
+
         lm = AutoModelForCausalLM.from_pretrained(str(backbone_path))
+        if tokenizer is not None:
+            prepare_tokenizer(tokenizer)
+            if len(tokenizer) > lm.get_input_embeddings().num_embeddings:
+                lm.resize_token_embeddings(len(tokenizer))
+            ids = tokenizer.convert_tokens_to_ids
+            config_kwargs = {'scene_token_id': ids(SCENE), 'view_token_id': ids(VIEW), 'depth_token_id': ids(DEPTH),
+                             **config_kwargs}
+            lm.config.pad_token_id, lm.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        vision = None
+        if vision_tower_path is not None:
+            vision = AutoModel.from_pretrained(str(vision_tower_path))
+            if hasattr(vision, 'text_model'):  # SiglipModel / CLIPModel: keep the vision half
+                vision = vision.vision_model
+            vision_cfg = getattr(vision.config, 'vision_config', vision.config)
+            config_kwargs['vision_config'] = vision_cfg
         model = cls(R3DConfig(text_config=lm.config, **config_kwargs))
         model.language_model.load_state_dict(lm.state_dict())
+        if vision is not None:
+            model.vision_tower.load_state_dict(vision.state_dict())
         return model
 
     # -- multimodal embedding ----------------------------------------------------------------

@@ -1,10 +1,12 @@
 """R3DProcessor: tokenizer + scene preprocessing + prompt template, shared by inference and training.
 
-Prompt (one turn)::
+Prompt: the tokenizer's chat template over [system: SYSTEM_PROMPT, user: placeholders + question] with the
+generation prompt; for the tiny tokenizer that is::
 
     <|system|>{SYSTEM_PROMPT}<|user|>{<scene> x S}{(<view> x T <depth>) per view}{question}<|assistant|>
 
-and a training target is the completion (``output_format`` grammar) followed by ``<|end|>``. Point clouds
+(a Qwen tokenizer gives its ``<|im_start|>`` form). A training target is the completion (``output_format``
+grammar) followed by the tokenizer's EOS token. Point clouds
 are (N, 6) arrays: xyz in map-frame metres (kept absolute: answers are boxes in metres) and rgb (0..1,
 or 0..255 which is rescaled), sampled to ``num_points`` deterministically.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature
 
-from r3d_ros.model.tokenizer import ASSISTANT, DEPTH, EOS, PAD, SCENE, SYSTEM, USER, VIEW
+from r3d_ros.model.tokenizer import ASSISTANT, DEPTH, SCENE, SYSTEM, USER, VIEW
 from r3d_ros.output_format import SYSTEM_PROMPT
 
 CONFIG_NAME = 'r3d_processor.json'
@@ -66,8 +68,13 @@ class R3DProcessor:
 
     # -- prompts -----------------------------------------------------------------------------
     def prompt(self, question: str, num_views: int = 0) -> str:
+        """The prompt text with one placeholder token per scene / view / depth embedding."""
         views = (VIEW * self.num_view_tokens + DEPTH) * num_views
-        return f'{SYSTEM}{SYSTEM_PROMPT}{USER}{SCENE * self.num_scene_tokens}{views}{question.strip()}{ASSISTANT}'
+        user = f'{SCENE * self.num_scene_tokens}{views}{question.strip()}'
+        if getattr(self.tokenizer, 'chat_template', None):
+            messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, {'role': 'user', 'content': user}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return f'{SYSTEM}{SYSTEM_PROMPT}{USER}{user}{ASSISTANT}'  # a tokenizer saved without a template
 
     def _images(self, views, depths, n_views):
         b = len(views)
@@ -99,7 +106,7 @@ class R3DProcessor:
             ids = tok(p, add_special_tokens=False)['input_ids']
             labels = [-100] * len(ids)
             if targets is not None:
-                tgt = tok(targets[i] + EOS, add_special_tokens=False)['input_ids']
+                tgt = tok(targets[i] + tok.eos_token, add_special_tokens=False)['input_ids']
                 ids, labels = ids + tgt, labels + tgt
             rows.append(ids)
             label_rows.append(labels)
@@ -126,4 +133,5 @@ class R3DProcessor:
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
         if skip_special_tokens:
             return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [t.replace(PAD, '').split(EOS)[0].strip() for t in texts]
+        pad, eos = self.tokenizer.pad_token, self.tokenizer.eos_token
+        return [(t.replace(pad, '') if pad else t).split(eos)[0].strip() for t in texts]
