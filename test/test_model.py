@@ -140,8 +140,33 @@ def test_paper_size_config_on_meta_device_reports_lora_counts():
     assert counts['lora'] == 8 * per_block == 8_650_752
     assert 7.0e9 < counts['total'] < 8.5e9
     assert counts['lora'] < counts['trainable'] < 0.1 * counts['total']
+    with torch.device('meta'):
+        frozen_tower = count_parameters(apply_lora(R3DForConditionalGeneration(cfg), train_vision_tower=False))
+    assert frozen_tower['lora'] == counts['lora'] and frozen_tower['trainable'] < counts['trainable']
     print(f"\npaper-size: total {counts['total'] / 1e9:.2f}B, trainable {counts['trainable'] / 1e6:.1f}M, "
-          f"LoRA {counts['lora'] / 1e6:.2f}M (the paper states ~12M LoRA, ~142M trainable)")
+          f"LoRA {counts['lora'] / 1e6:.2f}M; with the view tower frozen: trainable "
+          f"{frozen_tower['trainable'] / 1e6:.1f}M (the paper states ~12M LoRA, ~142M trainable)")
+
+
+def test_lora_on_the_tiny_model_trains_only_adapters_encoders_and_projectors():
+    model, proc = build_tiny_model_and_processor(seed=2)
+    layers = model.config.text_config.num_hidden_layers  # 4 < 8: every block gets LoRA
+    peft_model = apply_lora(model)
+    counts = count_parameters(peft_model)
+    per_block = 12 * ((128 + 128) * 2 + (128 + 64) * 2 + (128 + 256) * 3)
+    assert counts['lora'] == layers * per_block
+    v, d = _views(11, 2)
+    batch = proc(questions=QUESTIONS[:1], point_clouds=[_cloud(11)], views=[v], depths=[d], targets=TARGETS[:1])
+    peft_model(**batch).loss.backward()
+    for name, p in peft_model.named_parameters():
+        trainable = 'lora_' in name or any(m in name for m in ('point_encoder', 'scene_projector', 'vision_tower',
+                                                               'view_projector', 'depth_encoder'))
+        assert p.requires_grad == trainable, name
+        assert (p.grad is not None) == trainable, name
+    gen = proc(questions=QUESTIONS[:1], point_clouds=[_cloud(11)], views=[v], depths=[d])
+    out = peft_model.generate(**gen, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] <= gen['input_ids'].shape[1] + 4 and torch.equal(out[:, :gen['input_ids'].shape[1]],
+                                                                         gen['input_ids'])
 
 
 def test_local_qwen2_checkpoint_loads_as_the_backbone(tmp_path):

@@ -20,11 +20,15 @@ def lora_config(num_layers: int, last_n_blocks: int = 8, r: int = 12, alpha: int
                       modules_to_save=None, bias='none')
 
 
-def apply_lora(model, **kw):
-    """Wrap ``model`` with LoRA; encoders and projectors stay trainable, everything else is frozen."""
+def apply_lora(model, train_vision_tower: bool = True, **kw):
+    """Wrap ``model`` with LoRA; encoders and projectors stay trainable, everything else is frozen.
+
+    ``train_vision_tower=False`` keeps a pretrained SigLIP/CLIP tower frozen too (on the paper-size model it
+    is ~303M of the ~339M non-LoRA trainable parameters)."""
     peft_model = get_peft_model(model, lora_config(model.config.text_config.num_hidden_layers, **kw))
+    modules = [m for m in TRAINABLE_MODULES if train_vision_tower or m != 'vision_tower']
     for name, param in peft_model.named_parameters():
-        if any(f'.{m}.' in f'.{name}' for m in TRAINABLE_MODULES):
+        if any(f'.{m}.' in f'.{name}' for m in modules):
             param.requires_grad = True
     return peft_model
 
