@@ -63,8 +63,8 @@ class R3DForConditionalGeneration(R3DPreTrainedModel):
         self.point_encoder = PointEncoder(config.point_feature_dim, config.point_hidden_size,
                                           config.num_scene_tokens, config.point_knn, config.point_layers,
                                           config.point_heads)
-        self.scene_projector = nn.Sequential(nn.Linear(config.point_hidden_size, hidden), nn.GELU(),
-                                             nn.Linear(hidden, hidden))
+        # paper: each encoder's output is linearly projected to the LLM hidden size
+        self.scene_projector = nn.Linear(config.point_hidden_size, hidden)
         if config.use_views:
             self.vision_tower = AutoModel.from_config(config.vision_config)
             self.view_projector = nn.Linear(config.vision_config.hidden_size, hidden)
