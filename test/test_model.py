@@ -128,6 +128,13 @@ def test_padded_batch_equals_one_by_one(tiny):
             alone = model(**single).logits[0]
             mask = batch['attention_mask'][i].bool()
             torch.testing.assert_close(together[i][mask], alone, atol=1e-4, rtol=1e-4)
+    # greedy decoding through GenerationMixin (KV cache, left padding) agrees as well
+    width = batch['input_ids'].shape[1]
+    generated = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)[:, width:]
+    for i in range(2):
+        single = proc(questions=[qs[i]], point_clouds=[clouds[i]], views=[views[i][0]], depths=[views[i][1]])
+        alone = model.generate(**single, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert torch.equal(alone[0, single['input_ids'].shape[1]:], generated[i])
 
 
 def test_paper_size_config_on_meta_device_reports_lora_counts():

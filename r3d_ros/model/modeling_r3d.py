@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 
 from r3d_ros.model.configuration_r3d import R3DConfig
 from r3d_ros.model.point_encoder import PointEncoder
@@ -55,7 +55,7 @@ class R3DPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
 
-class R3DForConditionalGeneration(R3DPreTrainedModel):
+class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
     def __init__(self, config: R3DConfig):
         super().__init__(config)
         hidden = config.text_config.hidden_size
@@ -145,18 +145,19 @@ class R3DForConditionalGeneration(R3DPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, point_clouds=None, view_pixel_values=None,
                 view_depths=None, view_mask=None, labels=None, inputs_embeds=None, **kwargs):
+        """Embed text + scene/view/depth tokens, then run the causal LM (``kwargs``: cache, position_ids, ...).
+
+        During generation only the prefill carries the point cloud / views (see
+        ``prepare_inputs_for_generation``); decode steps see plain text tokens and the KV cache."""
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, point_clouds, view_pixel_values, view_depths, view_mask)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
                                    **kwargs)
 
-    @torch.no_grad()
-    def generate(self, input_ids, attention_mask=None, point_clouds=None, view_pixel_values=None,
-                 view_depths=None, view_mask=None, **generate_kwargs) -> torch.Tensor:
-        """Greedy/sampled decoding; returns prompt ids followed by the new tokens (like a causal LM)."""
-        embeds = self.embed(input_ids, point_clouds, view_pixel_values, view_depths, view_mask)
-        text = self.config.text_config
-        generate_kwargs.setdefault('pad_token_id', text.pad_token_id)
-        generate_kwargs.setdefault('eos_token_id', text.eos_token_id)
-        new = self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
-        return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+    def prepare_inputs_for_generation(self, *args, point_clouds=None, view_pixel_values=None, view_depths=None,
+                                      view_mask=None, is_first_iteration=False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration or not kwargs.get('use_cache', True):
+            inputs.update(point_clouds=point_clouds, view_pixel_values=view_pixel_values, view_depths=view_depths,
+                          view_mask=view_mask)
+        return inputs
