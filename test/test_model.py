@@ -12,6 +12,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Siglip2VisionConfig,
     SiglipConfig,
     SiglipModel,
     SiglipVisionConfig,
@@ -247,3 +248,24 @@ def test_backbone_tokenizer_and_vision_tower_from_local_paths(tmp_path, dual_enc
     assert batch['labels'][0, -1] == tok.eos_token_id
     out = model(**batch)
     assert torch.isfinite(out.loss) and out.logits.shape[-1] == len(tok)
+
+
+def test_siglip2_view_tower_takes_patches_and_trains():
+    model, proc = build_tiny_model_and_processor(seed=4)
+    cfg = model.config
+    cfg.vision_config = Siglip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, patch_size=16, num_patches=16)
+    torch.manual_seed(4)
+    model = R3DForConditionalGeneration(cfg)
+    v, d = _views(12, 2)
+    batch = proc(questions=QUESTIONS[:1], point_clouds=[_cloud(12)], views=[v], depths=[d], targets=TARGETS[:1])
+    out = model(**batch)
+    out.loss.backward()
+    assert type(model.vision_tower).__name__ == 'Siglip2VisionModel'
+    from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+
+    pixels = batch['view_pixel_values'][0]
+    patches = model._vision_inputs(pixels)['pixel_values']
+    for i in range(len(pixels)):  # the layout SigLIP-2 was trained with
+        assert torch.equal(patches[i], convert_image_to_patches(pixels[i], 16))
+    assert model.vision_tower.embeddings.patch_embedding.weight.grad is not None

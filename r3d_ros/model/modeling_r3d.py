@@ -117,9 +117,22 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         return model
 
     # -- multimodal embedding ----------------------------------------------------------------
+    def _vision_inputs(self, pixels: torch.Tensor) -> dict:
+        """Tower inputs from (V, 3, H, W) images; SigLIP-2 (NaFlex) takes flattened patches + their grid."""
+        cfg = self.config.vision_config
+        if not cfg.model_type.startswith('siglip2'):
+            return {'pixel_values': pixels}
+        p = cfg.patch_size
+        v, c, h, w = pixels.shape
+        # same patch layout as Siglip2ImageProcessor.convert_image_to_patches: (rows, cols, p, p, C) flattened
+        patches = pixels.reshape(v, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(v, -1, p * p * c)
+        grid = torch.tensor([[h // p, w // p]] * v, device=pixels.device)
+        mask = torch.ones(patches.shape[:2], dtype=torch.long, device=pixels.device)
+        return {'pixel_values': patches, 'pixel_attention_mask': mask, 'spatial_shapes': grid}
+
     def _view_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """(V, 3, H, W) -> (V * num_view_tokens, hidden): vision-tower patches pooled per view."""
-        out = self.vision_tower(pixel_values=pixels).last_hidden_state       # (V, P, C)
+        out = self.vision_tower(**self._vision_inputs(pixels)).last_hidden_state  # (V, P, C)
         pooled = nn.functional.adaptive_avg_pool1d(out.transpose(1, 2), self.config.num_view_tokens)
         return self.view_projector(pooled.transpose(1, 2)).reshape(-1, self.config.text_config.hidden_size)
 
