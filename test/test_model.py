@@ -269,3 +269,27 @@ def test_siglip2_view_tower_takes_patches_and_trains():
     for i in range(len(pixels)):  # the layout SigLIP-2 was trained with
         assert np.array_equal(patches[i].numpy(), convert_image_to_patches(pixels[i].numpy(), 16))
     assert model.vision_tower.embeddings.patch_embedding.weight.grad is not None
+
+
+def test_points_with_normals_and_colour_scales():
+    from r3d_ros.model.processing_r3d import sample_points
+
+    rng = np.random.default_rng(13)
+    xyz = rng.uniform(-3, 3, (300, 3)).astype(np.float32)
+    rgb255 = rng.integers(0, 256, (300, 3)).astype(np.float32)
+    normals = rng.normal(size=(300, 3)).astype(np.float32)
+    out = sample_points(np.concatenate([xyz, rgb255, normals], 1), 200, features=6)
+    assert out.shape == (200, 9) and out[:, 3:6].max() <= 1.0 and out[:, 6:].min() < -0.5  # normals untouched
+    assert set(map(tuple, out[:, :3].round(5))) <= set(map(tuple, xyz.round(5)))  # metres kept, no normalising
+    xyz_only = sample_points(xyz, 500)  # fewer points than asked: repeats; missing colour: grey
+    assert xyz_only.shape == (500, 6) and np.all(xyz_only[:, 3:] == 0.5)
+    model, _ = build_tiny_model_and_processor(with_views=False, num_points=128, seed=5)
+    cfg = model.config
+    cfg.point_feature_dim = 6
+    model = R3DForConditionalGeneration(cfg)
+    proc = R3DProcessor(tiny_tokenizer(), num_points=128, num_scene_tokens=cfg.num_scene_tokens, point_features=6)
+    batch = proc(questions=QUESTIONS[:1], point_clouds=[np.concatenate([xyz, rgb255, normals], 1)],
+                 targets=TARGETS[:1])
+    assert batch['point_clouds'].shape == (1, 128, 9)
+    model(**batch).loss.backward()
+    assert model.point_encoder.local[0].weight.grad[:, 6:].abs().sum() > 0  # normals reach the encoder

@@ -26,34 +26,50 @@ from r3d_ros.output_format import SYSTEM_PROMPT
 CONFIG_NAME = 'r3d_processor.json'
 
 
-def sample_points(cloud: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Exactly ``n`` rows of ``cloud``: a seeded subsample, or repeats when the cloud is smaller."""
+def sample_points(cloud: np.ndarray, n: int, seed: int = 0, features: int = 3) -> np.ndarray:
+    """Exactly ``n`` rows of ``cloud`` with ``3 + features`` columns: a seeded subsample, or repeats when the
+    cloud is smaller. Columns: xyz (metres, untouched), rgb (0..1; 0..255 is rescaled), then e.g. normals.
+    Missing feature columns are filled (grey colour, zero normals)."""
     cloud = np.asarray(cloud, np.float32)
     if cloud.ndim != 2 or cloud.shape[1] < 3 or len(cloud) == 0:
         raise ValueError(f'point cloud must be a non-empty (N, 3+F) array, got {cloud.shape}')
-    if cloud.shape[1] == 3:
-        cloud = np.concatenate([cloud, np.full((len(cloud), 3), 0.5, np.float32)], axis=1)
     if len(cloud) >= n:
         idx = np.sort(np.random.default_rng(seed).choice(len(cloud), n, replace=False))
     else:
         idx = np.resize(np.arange(len(cloud)), n)
-    out = cloud[idx, :6].copy()
-    if out[:, 3:].max() > 1.5:  # 0..255 colours
-        out[:, 3:] /= 255.0
+    out = np.zeros((n, 3 + features), np.float32)
+    cols = min(cloud.shape[1], 3 + features)
+    out[:, :cols] = cloud[idx, :cols]
+    if cols < 6 and features >= 3:
+        out[:, cols:6] = 0.5
+    rgb = out[:, 3:6]
+    if rgb.size and rgb.max() > 1.5:  # 0..255 colours
+        out[:, 3:6] = rgb / 255.0
     return out
 
 
 class R3DProcessor:
+    """Turns questions, map clouds, rendered views/depths and (for training) target completions into model
+    inputs. ``point_features`` must match the model's ``point_feature_dim`` (3: rgb; 6: rgb + normals).
+    ``image_mean``/``image_std`` are the view tower's normalisation (SigLIP/SigLIP-2: 0.5/0.5; for CLIP pass
+    its own). Depth maps are divided by ``max_depth`` (metres)."""
+
     def __init__(self, tokenizer, num_points: int = 2048, num_scene_tokens: int = 32, num_view_tokens: int = 4,
-                 image_size: int = 64, max_depth: float = 10.0):
+                 image_size: int = 64, max_depth: float = 10.0, point_features: int = 3,
+                 image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+                 image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)):
         self.tokenizer = tokenizer
         self.num_points, self.num_scene_tokens = num_points, num_scene_tokens
         self.num_view_tokens, self.image_size, self.max_depth = num_view_tokens, image_size, max_depth
+        self.point_features = point_features
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {'num_points': self.num_points, 'num_scene_tokens': self.num_scene_tokens,
-                'num_view_tokens': self.num_view_tokens, 'image_size': self.image_size, 'max_depth': self.max_depth}
+                'num_view_tokens': self.num_view_tokens, 'image_size': self.image_size, 'max_depth': self.max_depth,
+                'point_features': self.point_features, 'image_mean': list(self.image_mean),
+                'image_std': list(self.image_std)}
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
@@ -82,11 +98,12 @@ class R3DProcessor:
         pixels = torch.zeros(b, n_views, 3, size, size)
         depth = torch.zeros(b, n_views, 1, size, size)
         mask = torch.zeros(b, n_views, dtype=torch.long)
+        mean, std = torch.tensor(self.image_mean)[:, None, None], torch.tensor(self.image_std)[:, None, None]
         for i, sample in enumerate(views):
             for j, img in enumerate(sample or []):
                 t = torch.as_tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
                 pixels[i, j] = (torch.nn.functional.interpolate(t, size=(size, size), mode='bilinear',
-                                                                 align_corners=False)[0] - 0.5) / 0.5
+                                                                 align_corners=False)[0] - mean) / std
                 if depths is not None and depths[i] is not None:
                     d = torch.as_tensor(np.asarray(depths[i][j]), dtype=torch.float32)[None, None] / self.max_depth
                     depth[i, j] = torch.nn.functional.interpolate(d, size=(size, size), mode='nearest')[0]
@@ -119,8 +136,8 @@ class R3DProcessor:
             input_ids[i, sl] = torch.tensor(ids)
             attention[i, sl] = 1
             labels[i, sl] = torch.tensor(lab)
-        data = {'input_ids': input_ids, 'attention_mask': attention,
-                'point_clouds': torch.from_numpy(np.stack([sample_points(c, self.num_points) for c in point_clouds]))}
+        clouds = [sample_points(c, self.num_points, features=self.point_features) for c in point_clouds]
+        data = {'input_ids': input_ids, 'attention_mask': attention, 'point_clouds': torch.from_numpy(np.stack(clouds))}
         if targets is not None:
             data['labels'] = labels
         if max(view_counts) > 0:
