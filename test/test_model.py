@@ -21,7 +21,7 @@ from transformers import (
 
 from r3d_ros.model import R3DConfig, R3DForConditionalGeneration, R3DProcessor
 from r3d_ros.model.lora import apply_lora, count_parameters
-from r3d_ros.model.presets import build_tiny_model_and_processor, paper_config, tiny_tokenizer
+from r3d_ros.model.presets import build_from_local_paths, build_tiny_model_and_processor, paper_config, tiny_tokenizer
 from r3d_ros.output_format import Box, PlanStep, format_completion, parse_completion
 
 torch.set_num_threads(1)
@@ -227,9 +227,11 @@ def test_backbone_tokenizer_and_vision_tower_from_local_paths(tmp_path, dual_enc
     else:
         vision = SiglipVisionModel(vision_cfg)
     vision.save_pretrained(tmp_path / 'vision')
-    model = R3DForConditionalGeneration.from_backbone(tmp_path / 'lm', tmp_path / 'vision', tokenizer=tok,
-                                                      num_scene_tokens=4, point_hidden_size=32, num_view_tokens=2,
-                                                      num_points=128).eval()
+    tok.save_pretrained(tmp_path / 'lm')
+    model, proc = build_from_local_paths(tmp_path / 'lm', tmp_path / 'vision', image_size=32, num_scene_tokens=4,
+                                         point_hidden_size=32, num_view_tokens=2, num_points=128)
+    model.eval()
+    tok = proc.tokenizer
     # markers and placeholders became single special tokens; embeddings grew to match
     assert len(tok) > base_vocab and model.get_input_embeddings().num_embeddings == len(tok)
     assert model.config.scene_token_id == tok.convert_tokens_to_ids('<scene>') >= base_vocab
@@ -237,7 +239,6 @@ def test_backbone_tokenizer_and_vision_tower_from_local_paths(tmp_path, dual_enc
     src = vision.vision_model if dual_encoder else vision
     for name, weight in src.state_dict().items():
         assert torch.equal(model.vision_tower.state_dict()[name], weight), name
-    proc = R3DProcessor(tok, num_points=128, num_scene_tokens=4, num_view_tokens=2, image_size=32)
     text = proc.prompt('where is the chair ?', num_views=1)
     assert text.startswith('<|im_start|>system\n') and text.endswith('<|im_start|>assistant\n')
     v, d = _views(9, 1)

@@ -5,6 +5,11 @@ num_view_tokens and ``<depth>`` x 1 per rendered view); the model embeds the tex
 cloud / views / depth maps, projects each to the LLM hidden size and ``masked_scatter``s them into the
 placeholder positions (the LLaVA recipe), then runs the decoder on the mixed sequence. Because each
 sample carries its own placeholders, padding and batching leave results unchanged.
+
+Generation is transformers' own (``GenerationMixin``): the prefill step gets the point cloud / views and
+splices them; decode steps run on text tokens with the KV cache, so streamers, stopping criteria, static
+caches and ``generation_config`` work as for any causal LM. ``generate`` returns prompt ids + new ids.
+Registered as ``AutoConfig('r3d')`` + ``AutoModelForImageTextToText`` (see ``r3d_ros.model``).
 """
 
 from __future__ import annotations

@@ -64,3 +64,22 @@ def build_tiny_model_and_processor(with_views: bool = True, num_points: int = 10
     processor = R3DProcessor(tok, num_points=cfg.num_points, num_scene_tokens=cfg.num_scene_tokens,
                              num_view_tokens=cfg.num_view_tokens, image_size=64)
     return model, processor
+
+
+def build_from_local_paths(backbone_path, vision_tower_path=None, tokenizer_path=None, image_size: int = 224,
+                           **config_kwargs):
+    """(model, processor) around a real backbone (+ view tower) from local paths, e.g. a Qwen2.5 checkpoint and a
+    SigLIP-2 one. The backbone's tokenizer (or ``tokenizer_path``'s) gets the R3D tokens; its chat template is
+    kept. ``config_kwargs`` go to :class:`R3DConfig` (num_points, num_scene_tokens, num_view_tokens, ...)."""
+    from transformers import AutoTokenizer
+
+    from r3d_ros.model.modeling_r3d import R3DForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_path or backbone_path))
+    model = R3DForConditionalGeneration.from_backbone(backbone_path, vision_tower_path, tokenizer=tok,
+                                                      **config_kwargs)
+    cfg = model.config
+    processor = R3DProcessor(tok, num_points=cfg.num_points, num_scene_tokens=cfg.num_scene_tokens,
+                             num_view_tokens=cfg.num_view_tokens, image_size=image_size,
+                             point_features=cfg.point_feature_dim)
+    return model, processor
