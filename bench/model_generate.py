@@ -142,6 +142,7 @@ def gpu_part(args, device: str = 'cuda', make_config=paper_config) -> dict:
             model = R3DForConditionalGeneration(cfg).eval()
     finally:
         torch.set_default_dtype(previous)
+    model.point_encoder.float()  # as from_pretrained(dtype=bfloat16) leaves it (_keep_in_fp32_modules_strict)
     processor = R3DProcessor(tok, num_points=cfg.num_points, num_scene_tokens=cfg.num_scene_tokens,
                              num_view_tokens=cfg.num_view_tokens, image_size=cfg.vision_config.image_size)
     cloud, views, depths = scene(max(args.points, cfg.num_points), 6, 480)  # renders are resized

@@ -113,6 +113,11 @@ def test_save_load_round_trip_gives_identical_logits(tiny, tmp_path):
     with torch.no_grad():
         a, b = model(**batch).logits, loaded(**batch2).logits
     assert torch.equal(a, b)
+    half = R3DForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert half.point_encoder.position[0].weight.dtype == torch.float32  # metres keep their precision
+    assert half.language_model.lm_head.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert half(**batch2).logits.dtype == torch.bfloat16
 
 
 def test_padded_batch_equals_one_by_one(tiny):

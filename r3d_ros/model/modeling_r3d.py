@@ -43,6 +43,8 @@ class R3DPreTrainedModel(PreTrainedModel):
     base_model_prefix = 'r3d'
     supports_gradient_checkpointing = True
     _no_split_modules = ['Qwen2DecoderLayer', 'Qwen3DecoderLayer']
+    # map-frame metres in bf16 step by ~3 cm at 5 m: the (small) point encoder stays fp32 under bf16/fp16 loads
+    _keep_in_fp32_modules_strict = ['point_encoder']
     _supports_sdpa = True
 
     def _init_weights(self, module):
@@ -146,7 +148,7 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         cfg = self.config
         scene_mask = input_ids == cfg.scene_token_id
         if point_clouds is not None and scene_mask.any():
-            feats = self.scene_projector(self.point_encoder(point_clouds.to(embeds.dtype)))
+            feats = self.scene_projector(self.point_encoder(point_clouds).to(self.scene_projector.weight.dtype))
             embeds = embeds.masked_scatter(scene_mask[..., None], feats.to(embeds.dtype))
         if cfg.use_views and view_pixel_values is not None and (input_ids == cfg.view_token_id).any():
             if view_mask is None:

@@ -40,6 +40,7 @@ class PointEncoder(nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """points (B, N, 3 + F): xyz in metres then features (rgb 0..1, ...) -> (B, num_tokens, hidden)."""
+        points = points.to(self.position[0].weight.dtype)  # fp32 unless the whole model was cast
         xyz, feats = points[..., :3], points[..., 3:]
         with torch.no_grad():
             centres_idx = farthest_point_sample(xyz.detach(), self.num_tokens)
