@@ -299,3 +299,16 @@ def test_points_with_normals_and_colour_scales():
     assert batch['point_clouds'].shape == (1, 128, 9)
     model(**batch).loss.backward()
     assert model.point_encoder.local[0].weight.grad[:, 6:].abs().sum() > 0  # normals reach the encoder
+
+
+def test_scene_tokens_keep_absolute_map_position(tiny):
+    """Boxes come out in map-frame metres, so the same room 2 m further along x must encode differently."""
+    model, proc = tiny
+    cloud = _cloud(14, 600)
+    moved = cloud.copy()
+    moved[:, 0] += 2.0
+    with torch.no_grad():
+        a = model.point_encoder(proc(questions=['q'], point_clouds=[cloud])['point_clouds'])
+        b = model.point_encoder(proc(questions=['q'], point_clouds=[moved])['point_clouds'])
+    assert proc(questions=['q'], point_clouds=[moved])['point_clouds'][0, :, 0].min() >= 2.0  # not re-centred
+    assert (a - b).abs().mean() > 0.05 * a.abs().mean()
