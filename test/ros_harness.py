@@ -105,7 +105,7 @@ class RosProbe:
     def listen(self, topic: str, msg_type: Any, qos: QoSProfile | int | None = None) -> Listener:
         """Subscribe now and keep every message, for request/response patterns (subscribe before sending)."""
         listener = Listener()
-        listener.sub = self.node.create_subscription(msg_type, topic, listener._on_msg, qos if qos is not None else 10)
+        listener.sub = self.node.create_subscription(msg_type, topic, listener._on_msg, qos if qos is not None else 100)
         return listener
 
     def publisher(self, topic: str, msg_type: Any, qos: QoSProfile | int | None = None):

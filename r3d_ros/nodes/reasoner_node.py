@@ -52,6 +52,7 @@ from r3d_ros.pipeline import (
 )
 from r3d_ros.pointcloud import PointCloudError, xyz_rgb_from_cloud
 
+ANSWER_DEPTH = 100
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -113,8 +114,9 @@ class ReasonerNode(LifecycleNode):
             self.pipeline, self.load_error = None, f'model load failed: {type(exc).__name__}: {exc}'
             self.get_logger().error(self.load_error)
         self._pubs = {
-            'answer': self.create_lifecycle_publisher(String, 'answer', 10),
-            'answer_text': self.create_lifecycle_publisher(String, 'answer_text', 10),
+            # deep history: a burst of instant `busy` replies must not overwrite answers not yet delivered
+            'answer': self.create_lifecycle_publisher(String, 'answer', ANSWER_DEPTH),
+            'answer_text': self.create_lifecycle_publisher(String, 'answer_text', ANSWER_DEPTH),
             'answer_stream': self.create_lifecycle_publisher(String, 'answer_stream', 50),
             'grounding': self.create_lifecycle_publisher(MarkerArray, 'grounding', 10),
             'plan': self.create_lifecycle_publisher(String, 'plan', 10),
@@ -127,7 +129,7 @@ class ReasonerNode(LifecycleNode):
         self._subs = [
             self.create_subscription(PointCloud2, 'scene_map/cloud', self._on_map, MAP_QOS,
                                      callback_group=MutuallyExclusiveCallbackGroup()),
-            self.create_subscription(String, 'query', self._on_query, 10,
+            self.create_subscription(String, 'query', self._on_query, ANSWER_DEPTH,
                                      callback_group=MutuallyExclusiveCallbackGroup()),
             self.create_subscription(String, 'cancel', self._on_cancel, 10,
                                      callback_group=MutuallyExclusiveCallbackGroup()),
