@@ -1,0 +1,121 @@
+"""Training data: Scene-30K-shaped records + a scene store, turned into trl datasets and model batches.
+
+On disk (written by ``r3d-make-data``, see ``r3d_ros.scenes``)::
+
+    DIR/train.jsonl, DIR/val.jsonl, DIR/test.jsonl   one QARecord per line
+    DIR/scenes/<scene_id>.npz                         points (N,3) float32, colors (N,3) uint8, ...
+
+SFT rows carry ``question``, ``completion`` (the CoT target) and ``scene_id``; :class:`SceneCollator` loads
+the scene's points and runs the model's processor, which masks the labels to the completion tokens.
+GRPO rows carry ``prompt`` (the processor's prompt text), ``scene_id`` and the reference columns the
+rewards read (``answer``, ``boxes``, ``task``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from r3d_ros.scenes.types import QARecord
+
+SPLITS = ('train', 'val', 'test')
+
+
+def load_records(path: str | Path, limit: int | None = None, tasks: Sequence[str] | None = None) -> list[QARecord]:
+    """QARecords from a JSON-lines file (optionally only some tasks, and at most ``limit``)."""
+    out = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            if not line.strip():
+                continue
+            rec = QARecord.from_json(line)
+            if tasks and rec.task not in tasks:
+                continue
+            out.append(rec)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def split_path(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / f'{split}.jsonl'
+
+
+class SceneClouds:
+    """Scene point clouds ((N, 6) float32: xyz metres, rgb 0..1) by scene id, read from ``DIR/scenes``.
+
+    Clouds are subsampled once to ``max_points`` (seeded) and kept in memory: the processor subsamples again
+    to the model's ``num_points`` each batch, and whole scenes (30k-150k points) would dominate data time."""
+
+    def __init__(self, data_dir: str | Path, max_points: int | None = 8192, seed: int = 0):
+        self.scene_dir = Path(data_dir) / 'scenes'
+        self.max_points, self.seed = max_points, seed
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one store per run; the cache is the point
+    def __getitem__(self, scene_id: str) -> np.ndarray:
+        path = self.scene_dir / f'{scene_id}.npz'
+        if not path.exists():
+            raise KeyError(f'scene {scene_id!r} not in {self.scene_dir}')
+        with np.load(path, allow_pickle=False) as z:
+            pts = np.asarray(z['points'], np.float32)
+            rgb = np.asarray(z['colors'], np.float32) / 255.0
+        cloud = np.concatenate([pts, rgb], axis=1)
+        if self.max_points is not None and len(cloud) > self.max_points:
+            idx = np.random.default_rng(self.seed).choice(len(cloud), self.max_points, replace=False)
+            cloud = cloud[np.sort(idx)]
+        return cloud
+
+
+def _boxes_json(boxes: list[dict]) -> str:
+    return json.dumps(boxes or [])
+
+
+def sft_rows(records: Iterable[QARecord]) -> list[dict]:
+    return [{'question': r.question, 'completion': r.cot, 'scene_id': r.scene_id, 'task': r.task} for r in records]
+
+
+def grpo_rows(records: Iterable[QARecord], processor) -> list[dict]:
+    """Rows for GRPOTrainer: the prompt text (placeholders included) and what the rewards compare with.
+    ``boxes`` is a list of {'ref', 'center', 'size'} dicts (empty when the record has no box)."""
+    return [{'prompt': processor.prompt(r.question), 'question': r.question, 'scene_id': r.scene_id,
+             'answer': r.answer, 'boxes': [{'ref': b['ref'], 'center': [float(v) for v in b['center']],
+                                            'size': [float(v) for v in b['size']]} for b in (r.boxes or [])],
+             'task': r.task, 'cot': r.cot} for r in records]
+
+
+def to_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    # boxes is a ragged list-of-dicts column: keep it as JSON text for Arrow, decode in the reward adapter
+    rows = [{**r, 'boxes': _boxes_json(r['boxes'])} if 'boxes' in r else r for r in rows]
+    return Dataset.from_list(rows)
+
+
+class SceneCollator:
+    """SFT collator: rows -> processor batch (input_ids, attention_mask, point_clouds, labels on the completion)."""
+
+    def __init__(self, processor, clouds: SceneClouds, max_length: int | None = None):
+        self.processor, self.clouds, self.max_length = processor, clouds, max_length
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.processor(questions=[r['question'] for r in rows],
+                               point_clouds=[self.clouds[r['scene_id']] for r in rows],
+                               targets=[r['completion'] for r in rows])
+        if self.max_length is not None and batch['input_ids'].shape[1] > self.max_length:
+            for k in ('input_ids', 'attention_mask', 'labels'):
+                batch[k] = batch[k][:, :self.max_length]
+        return dict(batch)
+
+
+def answer_prior(records: Iterable[QARecord]) -> dict[str, str]:
+    """Most common answer text per task (the answer-prior baseline of the results table)."""
+    from collections import Counter
+
+    counts: dict[str, Counter] = {}
+    for r in records:
+        counts.setdefault(r.task, Counter())[r.answer] += 1
+    return {task: c.most_common(1)[0][0] for task, c in counts.items()}

@@ -1,0 +1,52 @@
+"""Stage 1: supervised fine-tuning on chain-of-thought records (the paper's cold start), on trl's SFTTrainer.
+
+The model sees ``system prompt + <scene> tokens + question`` and learns the whole
+``<think>…</think><answer>…</answer>`` completion; the loss is on completion tokens only (the R3D
+processor masks the prompt). Batches are built by :class:`training.data.SceneCollator` because the point
+cloud travels with each sample; trl's own dataset preparation is skipped for that reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.config import last_checkpoint, make_log_callback
+from training.data import SceneClouds, SceneCollator, load_records, sft_rows, split_path, to_dataset
+from training.modeling import load_model_and_processor, save_model
+
+#: trl/transformers arguments this pipeline relies on, whatever the YAML says
+_FORCED = {'remove_unused_columns': False, 'dataset_kwargs': {'skip_prepare_dataset': True}}
+
+
+def build_sft_trainer(cfg: dict, output_dir: str | Path):
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    output_dir = Path(output_dir)
+    torch.manual_seed(int(cfg.get('seed', 0)))
+    model, processor = load_model_and_processor(cfg.get('model', {}))
+    data = cfg['data']
+    tasks = data.get('tasks')
+    train = load_records(split_path(data['dir'], 'train'), data.get('max_train'), tasks)
+    val_path = split_path(data['dir'], 'val')
+    val = load_records(val_path, data.get('max_eval'), tasks) if val_path.exists() and data.get('max_eval') else None
+    clouds = SceneClouds(data['dir'], data.get('max_points', 8192))
+    args = SFTConfig(output_dir=str(output_dir), report_to='none', **{**cfg.get('train', {}), **_FORCED})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(sft_rows(train)),
+                         eval_dataset=to_dataset(sft_rows(val)) if val else None,
+                         processing_class=processor.tokenizer,
+                         data_collator=SceneCollator(processor, clouds, data.get('max_length')),
+                         callbacks=[make_log_callback(output_dir / 'log.jsonl')])
+    return trainer, processor
+
+
+def run_sft(cfg: dict, output_dir: str | Path, resume: bool = False) -> Path:
+    """Train, then save the final model (+ processor) to ``output_dir/final``; returns that path."""
+    trainer, processor = build_sft_trainer(cfg, output_dir)
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    final = Path(output_dir) / 'final'
+    if trainer.accelerator.is_main_process:
+        save_model(trainer.accelerator.unwrap_model(trainer.model), processor, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
