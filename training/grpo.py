@@ -1,0 +1,176 @@
+"""Stage 2: GRPO with the format, perception and semantic rewards, on trl's GRPOTrainer.
+
+trl does the algorithm: G sampled completions per prompt (its sampler repeats each prompt G times),
+rewards summed with the configured weights, group-normalised advantages Â_i = (r_i − mean r)/(std r + 1e-4),
+the clipped ratio min(ρ Â, clip(ρ, 1±ε) Â) and the β·KL term to the frozen reference (the SFT model: a
+frozen copy, or the adapter-disabled model under LoRA). ``loss_type: grpo`` averages per sequence then
+over the batch, as the paper's Eq. 5 writes it.
+
+:class:`SceneGRPOTrainer` adds what trl cannot know about: every prompt comes with a point cloud that must
+go into generation and into every log-prob forward (policy, old policy, reference). trl's VLM hooks are
+built around image processors, so the cloud travels beside them:
+
+* ``_generate_and_score_completions``: looks the batch's clouds up by ``scene_id`` and keeps them for the
+  step (``self._scene_inputs``), then stores them in the returned batch so trl's shuffle/split keeps them
+  aligned with their completions;
+* ``_tokenize_prompts``: hands the clouds to generation as a multimodal field (trl passes tensor fields to
+  ``generate``);
+* ``_compute_loss`` / ``_get_per_token_logps_and_entropies``: the clouds of the current micro-batch go into
+  the fused-head forward, chunk by chunk;
+* ``_generate``: decodes completions keeping the grammar markers (``<think>``… are special tokens, which
+  trl's ``skip_special_tokens=True`` decode would drop, zeroing the format reward).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from accelerate.utils import is_peft_model
+import numpy as np
+import torch
+from trl import GRPOConfig, GRPOTrainer
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
+
+from r3d_ros.model.processing_r3d import sample_points
+from training.config import last_checkpoint, make_log_callback
+from training.data import SceneClouds, grpo_rows, load_records, split_path, to_dataset
+from training.modeling import enable_trl_fused_head, load_model_and_processor, save_model
+from training.rewards import REWARD_NAMES, build_reward_funcs
+
+_FORCED = {'remove_unused_columns': False}
+
+
+class SceneGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose prompts carry a scene point cloud (looked up by the dataset's ``scene_id``)."""
+
+    def __init__(self, model, *args, scene_clouds: SceneClouds, scene_processor, **kwargs):
+        self.scene_clouds, self.scene_processor = scene_clouds, scene_processor
+        self._scene_inputs: dict[str, torch.Tensor] = {}
+        grpo_args = kwargs['args']
+        beta = grpo_args.beta
+        # trl rebuilds a full-model reference from config._name_or_path through transformers' class names,
+        # which cannot find R3D (an Auto-registered class outside transformers). The reference is the policy
+        # as it enters GRPO (the SFT model), so a frozen copy taken here is the same thing, without a reload.
+        ref = None
+        if beta != 0.0 and not is_peft_model(model):
+            ref = copy.deepcopy(model).eval().requires_grad_(False)
+            grpo_args.beta = 0.0
+        try:
+            super().__init__(model, *args, **kwargs)
+        finally:
+            grpo_args.beta = beta
+        self.beta = beta
+        if ref is not None:
+            add_fused_lm_head(ref, temperature=self.temperature, cast_lm_head_to_fp32=grpo_args.cast_lm_head_to_fp32)
+            if grpo_args.disable_dropout:
+                disable_dropout_in_model(ref)
+            if self.is_deepspeed_enabled:
+                ref = prepare_deepspeed(ref, self.accelerator)
+            elif self.is_fsdp_enabled:
+                ref = prepare_fsdp(ref, self.accelerator)
+            else:
+                ref = self.accelerator.prepare_model(ref, evaluation_mode=True)
+            self.ref_model = ref
+        enable_trl_fused_head(self.model)
+        if self.ref_model is not None:
+            enable_trl_fused_head(self.accelerator.unwrap_model(self.ref_model))
+
+    # -- scene inputs --------------------------------------------------------------------------
+    def scene_tensors(self, scene_ids: list[str]) -> dict[str, torch.Tensor]:
+        proc = self.scene_processor
+        clouds = [sample_points(self.scene_clouds[s], proc.num_points, features=proc.point_features)
+                  for s in scene_ids]
+        return {'point_clouds': torch.from_numpy(np.stack(clouds)).to(self.accelerator.device)}
+
+    def _generate_and_score_completions(self, inputs):
+        self._scene_inputs = self.scene_tensors([x['scene_id'] for x in inputs])
+        output = super()._generate_and_score_completions(inputs)
+        output.update(self._scene_inputs)
+        return output
+
+    def _tokenize_prompts(self, prompts):
+        prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+        return prompt_ids, images, {**fields, **self._scene_inputs}
+
+    def _generate(self, prompts):
+        out = list(super()._generate(prompts))
+        completion_ids = out[1]
+        tok = self._tokenizer
+        texts = tok.batch_decode(completion_ids, skip_special_tokens=False)
+        drop = [t for t in (tok.pad_token, tok.eos_token) if t]
+        for t in drop:
+            texts = [x.replace(t, '') for x in texts]
+        out[3] = [x.strip() for x in texts]
+        return tuple(out)
+
+    def _compute_loss(self, model, inputs):
+        self._scene_inputs = {k: inputs[k] for k in ('point_clouds', 'view_pixel_values', 'view_depths',
+                                                     'view_mask') if k in inputs}
+        return super()._compute_loss(model, inputs)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                           **_image_fields):
+        """trl's text path plus the scene inputs of the rows being scored (see module docstring)."""
+        scene = self._scene_inputs
+        for k, v in scene.items():
+            if v.size(0) != input_ids.size(0):
+                raise RuntimeError(f'{k}: {v.size(0)} rows for {input_ids.size(0)} sequences')
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids, mask = input_ids[start:end], attention_mask[start:end]
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100   # only completion tokens are scored
+            with self.accelerator.autocast():
+                out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True,
+                            **{k: v[start:end] for k, v in scene.items()})
+            logps.append(out.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                entropies.append(out.entropy[:, -logits_to_keep:])
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+
+def grpo_config(cfg: dict, output_dir: str | Path) -> GRPOConfig:
+    train = dict(cfg.get('train', {}))
+    rewards = cfg.get('rewards', {})
+    if rewards.get('weights') is not None:
+        train['reward_weights'] = list(rewards['weights'])
+    return GRPOConfig(output_dir=str(output_dir), report_to='none', **{**train, **_FORCED})
+
+
+def build_grpo_trainer(cfg: dict, output_dir: str | Path, model=None, processor=None,
+                       reward_funcs=None) -> SceneGRPOTrainer:
+    output_dir = Path(output_dir)
+    if model is None:
+        model, processor = load_model_and_processor(cfg.get('model', {}))
+    data = cfg['data']
+    tasks = data.get('tasks')
+    train = load_records(split_path(data['dir'], 'train'), data.get('max_train'), tasks)
+    rewards = cfg.get('rewards', {})
+    if reward_funcs is None:
+        reward_funcs = build_reward_funcs(rewards.get('names', REWARD_NAMES), rewards.get('encoder', 'minilm'))
+    args = grpo_config(cfg, output_dir)
+    return SceneGRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
+                            train_dataset=to_dataset(grpo_rows(train, processor)),
+                            processing_class=processor.tokenizer,
+                            scene_clouds=SceneClouds(data['dir'], data.get('max_points', 8192)),
+                            scene_processor=processor, callbacks=[make_log_callback(output_dir / 'log.jsonl')])
+
+
+def run_grpo(cfg: dict, output_dir: str | Path, resume: bool = False) -> Path:
+    """Train from the SFT checkpoint (``model.path``), save to ``output_dir/final``; returns that path."""
+    model, processor = load_model_and_processor(cfg.get('model', {}))
+    trainer = build_grpo_trainer(cfg, output_dir, model, processor)
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    final = Path(output_dir) / 'final'
+    if trainer.accelerator.is_main_process:
+        save_model(trainer.accelerator.unwrap_model(trainer.model), processor, final)
+        (final / 'training_stage.json').write_text(json.dumps({'stage': 'grpo', 'from': cfg['model'].get('path')}))
+    trainer.accelerator.wait_for_everyone()
+    return final
