@@ -62,12 +62,13 @@ def load_model_and_processor(model_cfg: dict):
         extra = {k: model_cfg[k] for k in ('num_points', 'num_scene_tokens', 'num_view_tokens') if k in model_cfg}
         model, processor = build_from_local_paths(model_cfg['backbone'], model_cfg.get('vision_tower'),
                                                   **extra)
-    elif model_cfg.get('preset', 'tiny') == 'tiny':
+    elif model_cfg.get('preset') == 'tiny':
         model, processor = build_tiny_model_and_processor(with_views=bool(model_cfg.get('with_views', False)),
                                                           num_points=int(model_cfg.get('num_points', 1024)),
                                                           seed=int(model_cfg.get('seed', 0)))
     else:
-        raise ValueError(f"model: give 'path', 'backbone' or preset: tiny (got {model_cfg})")
+        raise ValueError(f"model: set 'path' (an R3D checkpoint), 'backbone' (a Qwen2-family LM directory) or "
+                         f"'preset: tiny' (got {model_cfg})")
     enable_trl_fused_head(model)
     lora = model_cfg.get('lora')
     if lora:

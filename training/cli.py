@@ -1,0 +1,126 @@
+"""``r3d-train``: the training pipeline's command line.
+
+    r3d-train sft      --config sft      --data DIR --output-dir runs/sft  [--resume] [--set train.max_steps=10]
+    r3d-train grpo     --config grpo     --data DIR --model runs/sft/final --output-dir runs/grpo [--resume]
+    r3d-train evaluate --data DIR --model runs/grpo/final --name "SFT + GRPO" --out results/grpo.json
+    r3d-train evaluate --data DIR --prior --name "answer prior" --out results/prior.json
+    r3d-train table    results/prior.json results/sft.json results/grpo.json
+
+Configs are YAML (``training/configs/*.yaml`` by name, or a path); ``--set a.b=value`` overrides any key.
+Under ``accelerate launch --config_file training/accelerate/<setup>.yaml -m training.cli ...`` the same
+commands run data-parallel / DeepSpeed (see training/README.md). Progress bars come from the trainers;
+every log line is also appended to ``<output-dir>/log.jsonl``; checkpoints go to
+``<output-dir>/checkpoint-N`` (``--resume`` continues from the newest) and the final model to
+``<output-dir>/final``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import sys
+
+
+def _common(p: argparse.ArgumentParser, default_config: str):
+    p.add_argument('--config', default=default_config,
+                   help=f'YAML config: a path or a bundled name (default: {default_config})')
+    p.add_argument('--data', help='dataset directory (train/val/test.jsonl + scenes/); overrides data.dir')
+    p.add_argument('--output-dir', required=True, help='where checkpoints, log.jsonl and final/ go')
+    p.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in --output-dir')
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a config value, e.g. train.max_steps=20 (repeatable)')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='r3d-train', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('sft', help='stage 1: chain-of-thought supervised fine-tuning (trl SFTTrainer)')
+    _common(p, 'sft')
+    p.add_argument('--model', help='start from this R3D checkpoint (overrides model.path)')
+
+    p = sub.add_parser('grpo', help='stage 2: GRPO with format/perception/semantic rewards (trl GRPOTrainer)')
+    _common(p, 'grpo')
+    p.add_argument('--model', help='the SFT checkpoint to start from (overrides model.path)')
+
+    p = sub.add_parser('evaluate', help='held-out scores per task (EM, CIDEr, Acc@IoU, plan steps, format, sim)')
+    p.add_argument('--data', required=True, help='dataset directory')
+    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--model', help='R3D checkpoint directory to evaluate')
+    g.add_argument('--prior', action='store_true', help='the answer-prior baseline (most common answer per task)')
+    p.add_argument('--name', help='row name in the results table (default: the model path or "answer prior")')
+    p.add_argument('--out', required=True, help='results JSON (predictions go beside it as .predictions.jsonl)')
+    p.add_argument('--limit', type=int, help='evaluate at most this many records')
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--max-new-tokens', type=int, default=256)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--encoder', default='minilm', help="semantic-similarity encoder ('minilm', a path, clip:PATH)")
+
+    p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
+    p.add_argument('results', nargs='+')
+    return parser
+
+
+def _train_config(args) -> dict:
+    from training.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.data:
+        cfg.setdefault('data', {})['dir'] = args.data
+    if getattr(args, 'model', None):
+        cfg['model'] = {**{k: v for k, v in cfg.get('model', {}).items() if k in ('lora',)}, 'path': args.model}
+    if not cfg.get('data', {}).get('dir'):
+        raise SystemExit('no dataset: pass --data DIR or set data.dir in the config')
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'config.resolved.yaml').write_text(__import__('yaml').safe_dump(cfg, sort_keys=False))
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach for the network
+    os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+    if args.command == 'sft':
+        from training.sft import run_sft
+
+        print(run_sft(_train_config(args), args.output_dir, resume=args.resume))
+    elif args.command == 'grpo':
+        from training.grpo import run_grpo
+
+        cfg = _train_config(args)
+        if not cfg.get('model', {}).get('path'):
+            raise SystemExit('grpo starts from an SFT checkpoint: pass --model DIR (or set model.path)')
+        print(run_grpo(cfg, args.output_dir, resume=args.resume))
+    elif args.command == 'evaluate':
+        from training.data import SceneClouds, load_records, split_path
+        from training.evaluate import evaluate, markdown_table
+
+        records = load_records(split_path(args.data, args.split), args.limit)
+        train = load_records(split_path(args.data, 'train')) if args.prior else None
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        name = args.name or ('answer prior' if args.prior else str(args.model))
+        res = evaluate(records, SceneClouds(args.data), None if args.prior else args.model, train,
+                       args.batch_size, args.max_new_tokens, args.device, args.encoder,
+                       predictions_path=out.with_suffix('.predictions.jsonl'))
+        out.write_text(json.dumps({'name': name, 'data': str(args.data), 'split': args.split,
+                                   'model': args.model, 'results': res}, indent=2))
+        print(markdown_table({name: res}))
+    elif args.command == 'table':
+        from training.evaluate import markdown_table
+
+        rows = {}
+        for path in args.results:
+            d = json.loads(Path(path).read_text())
+            rows[d['name']] = d['results']
+        print(markdown_table(rows))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

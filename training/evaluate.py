@@ -1,0 +1,189 @@
+"""Held-out evaluation of a checkpoint (or of the answer-prior baseline) per task type.
+
+Metrics per task and overall: exact match of the answer text, CIDEr of the answer text, Acc@0.25 / Acc@0.5 of
+the predicted box (records with a ground-truth box), plan-step accuracy (records with a plan), format
+validity (the format reward) and semantic similarity (the semantic reward's encoder). The metric functions
+are the project's (``r3d_ros.evaluation.metrics``) when that module is installed, so training and bag
+evaluation report the same numbers; the fallbacks here follow the same definitions.
+
+The answer-prior baseline answers every question of a task with the most common training answer of that
+task (answer text, box and plan alike); it has no chain of thought, so format validity is not reported for it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+import json
+from pathlib import Path
+import re
+
+import numpy as np
+
+from r3d_ros.output_format import ANSWER_CLOSE, ANSWER_OPEN, is_format_valid, parse_completion
+from r3d_ros.scenes.types import QARecord
+from training.rewards import perception_reward_text, shared_similarity
+
+METRICS = ('EM', 'CIDEr', 'Acc@0.25', 'Acc@0.5', 'PlanStep', 'Format', 'SemSim')
+
+
+def _metrics_module():
+    try:
+        from r3d_ros.evaluation import metrics
+    except ImportError:
+        return None
+    return metrics
+
+
+def _normalize(text: str) -> str:
+    text = re.sub(r'[^a-z0-9. ]', ' ', text.lower())
+    return ' '.join(w.strip('.') for w in text.split() if w.strip('.') not in ('a', 'an', 'the'))
+
+
+def exact_match(pred: str, ref: str) -> float:
+    m = _metrics_module()
+    if m is not None and hasattr(m, 'exact_match'):
+        return float(m.exact_match(pred, ref))
+    return float(_normalize(pred) == _normalize(ref))
+
+
+def cider(preds: dict[str, str], refs: dict[str, list[str]]) -> float:
+    """Corpus CIDEr (x100, as papers report it) of the answer texts."""
+    if not preds:
+        return float('nan')
+    m = _metrics_module()
+    if m is not None and hasattr(m, 'caption_metrics'):
+        return float(m.caption_metrics(preds, refs)['CIDEr'])
+    from pycocoevalcap.cider.cider import Cider
+
+    # pycocoevalcap's PTB tokenizer needs Java; lower-casing + punctuation split is what it does for this text
+    tok = lambda s: ' '.join(re.findall(r"[a-z0-9]+(?:\.[0-9]+)?", s.lower())) or 'none'
+    score, _ = Cider().compute_score({k: [tok(r) for r in v] for k, v in refs.items()},
+                                     {k: [tok(v)] for k, v in preds.items()})
+    return 100.0 * float(score)
+
+
+def plan_step_accuracy(pred_steps, ref_steps: list[dict], tol: float = 0.5) -> float:
+    """Share of reference steps matched in order by action, target and position (within ``tol`` metres)."""
+    m = _metrics_module()
+    if m is not None and hasattr(m, 'plan_step_accuracy'):
+        return float(m.plan_step_accuracy(pred_steps, ref_steps))
+    if not ref_steps:
+        return float('nan')
+    hits = 0
+    for i, ref in enumerate(ref_steps):
+        if i < len(pred_steps):
+            p = pred_steps[i]
+            close = np.linalg.norm(np.subtract(p.position, ref['position'])) <= tol
+            hits += int(p.action == ref['action'] and p.target == ref['target'] and close)
+    return hits / len(ref_steps)
+
+
+def score(records: Sequence[QARecord], completions: Sequence[str], with_format: bool = True,
+          encoder: str = 'minilm') -> dict[str, dict[str, float]]:
+    """Metrics per task (and ``'all'``) for completions aligned with ``records``."""
+    parsed = [parse_completion(c) for c in completions]
+    sims = shared_similarity(encoder)([p.answer_text for p in parsed], [r.answer for r in records])
+    per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    preds, refs = defaultdict(dict), defaultdict(dict)
+    for i, (rec, comp, p, sim) in enumerate(zip(records, completions, parsed, sims)):
+        for task in (rec.task, 'all'):
+            row = per[task]
+            row['EM'].append(exact_match(p.answer_text, rec.answer))
+            row['SemSim'].append(sim)
+            if with_format:
+                row['Format'].append(float(is_format_valid(comp)))
+            if rec.boxes:
+                iou = perception_reward_text(comp, rec.boxes)
+                row['Acc@0.25'].append(float(iou >= 0.25))
+                row['Acc@0.5'].append(float(iou >= 0.5))
+                row['IoU'].append(iou)
+            if rec.plan:
+                row['PlanStep'].append(plan_step_accuracy(p.plan, rec.plan))
+            preds[task][str(i)] = p.answer_text
+            refs[task][str(i)] = [rec.answer]
+    out = {}
+    for task, row in per.items():
+        out[task] = {k: float(np.mean(v)) for k, v in row.items() if v}
+        out[task]['CIDEr'] = cider(preds[task], refs[task])
+        out[task]['n'] = len(row['EM'])
+    return out
+
+
+# -- predictions ----------------------------------------------------------------------------------
+def _answer_section(cot: str) -> str:
+    start, end = cot.find(ANSWER_OPEN), cot.rfind(ANSWER_CLOSE)
+    return cot[start + len(ANSWER_OPEN):end].strip() if start >= 0 and end > start else ''
+
+
+def prior_completions(train: Sequence[QARecord], records: Sequence[QARecord]) -> list[str]:
+    """The answer-prior baseline: the most common training answer (text + boxes + plan) of each task."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for r in train:
+        counts[r.task][_answer_section(r.cot)] += 1
+    overall = Counter(a for c in counts.values() for a in c.elements())
+    fallback = overall.most_common(1)[0][0] if overall else ''
+    best = {task: c.most_common(1)[0][0] for task, c in counts.items()}
+    return [f'{ANSWER_OPEN}{best.get(r.task, fallback)}{ANSWER_CLOSE}' for r in records]
+
+
+def generate_completions(model, processor, records: Sequence[QARecord], clouds, batch_size: int = 16,
+                         max_new_tokens: int = 256, device: str = 'cpu', progress: bool = True) -> list[str]:
+    """Greedy completions (the runtime's decoding) for ``records``, batched, left-padded."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model = model.to(device).eval()
+    out: list[str] = []
+    starts = range(0, len(records), batch_size)
+    for s in tqdm(starts, desc='generate', disable=not progress):
+        chunk = records[s:s + batch_size]
+        batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.no_grad():
+            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=processor.tokenizer.pad_token_id)
+        out += processor.batch_decode(ids[:, batch['input_ids'].shape[1]:])
+    return out
+
+
+def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | None = None,
+             train_records: Sequence[QARecord] | None = None, batch_size: int = 16, max_new_tokens: int = 256,
+             device: str = 'cpu', encoder: str = 'minilm', predictions_path: str | Path | None = None) -> dict:
+    """Score a checkpoint (``model_path``) or, without one, the answer-prior baseline (needs ``train_records``)."""
+    if model_path is None:
+        completions = prior_completions(train_records or [], records)
+        with_format = False
+    else:
+        from r3d_ros.model import R3DForConditionalGeneration, R3DProcessor
+
+        model = R3DForConditionalGeneration.from_pretrained(str(model_path))
+        processor = R3DProcessor.from_pretrained(str(model_path))
+        completions = generate_completions(model, processor, records, clouds, batch_size, max_new_tokens, device)
+        with_format = True
+    if predictions_path is not None:
+        with open(predictions_path, 'w', encoding='utf-8') as f:
+            for r, c in zip(records, completions):
+                f.write(json.dumps({'scene_id': r.scene_id, 'task': r.task, 'question': r.question,
+                                    'reference': r.cot, 'completion': c}) + '\n')
+    return score(records, completions, with_format=with_format, encoder=encoder)
+
+
+# -- table ----------------------------------------------------------------------------------------
+def markdown_table(results: dict[str, dict], tasks: Sequence[str] | None = None) -> str:
+    """One row per (model, task): ``results`` maps a row name to :func:`score`'s output."""
+    tasks = tasks or sorted({t for r in results.values() for t in r if t != 'all'}) + ['all']
+    head = '| model | task | n | ' + ' | '.join(METRICS) + ' |'
+    lines = [head, '|' + '---|' * (3 + len(METRICS))]
+    for task in tasks:
+        for name, res in results.items():
+            row = res.get(task)
+            if row is None:
+                continue
+            cells = []
+            for k in METRICS:
+                v = row.get(k)
+                cells.append('—' if v is None or v != v else (f'{v:.1f}' if k == 'CIDEr' else f'{100 * v:.1f}'))
+            lines.append(f'| {name} | {task} | {row["n"]} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
