@@ -65,7 +65,8 @@ def make_log_callback(path: str | Path):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 with open(path, 'a', encoding='utf-8') as f:
-                    f.write(json.dumps({'step': state.global_step, 'time': time.time(), **logs}) + '\n')
+                    f.write(json.dumps({'step': state.global_step, 'time': time.time(),
+                                        'world_size': args.world_size, **logs}) + '\n')
 
     return JsonlLogger()
 
