@@ -1,0 +1,130 @@
+"""GRPO on the R3D model: trl's loss against Eq. 5 computed by hand, group-normalised advantages, and the scene
+point cloud reaching generation and every log-prob forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r3d_ros.model.processing_r3d import sample_points
+from training.data import SceneClouds
+from training.grpo import build_grpo_trainer
+from training.modeling import load_model_and_processor
+from training.toy_data import write_toy_dataset
+
+BETA, EPS, G = 0.02, 0.2, 4
+
+
+@pytest.fixture(scope='module')
+def toy_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    return write_toy_dataset(tmp_path_factory.mktemp('toy'), num_scenes=3, use_project_generator=False)
+
+
+def make_trainer(toy_dir, tmp_path, reward_funcs=None, **train):
+    cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 128},
+           'data': {'dir': str(toy_dir), 'max_points': 1024, 'max_train': 4},
+           'rewards': {'names': ['format']},
+           'train': {'per_device_train_batch_size': G, 'num_generations': G, 'max_completion_length': 6,
+                     'beta': BETA, 'epsilon': EPS, 'loss_type': 'grpo', 'learning_rate': 1e-3, 'use_cpu': True,
+                     'gradient_checkpointing': False, 'max_steps': 1, 'logging_steps': 1, 'save_strategy': 'no',
+                     'disable_tqdm': True, 'bf16': False, 'use_bias_correction_kl': False, **train}}
+    model, processor = load_model_and_processor(cfg['model'])
+    return build_grpo_trainer(cfg, tmp_path, model, processor, reward_funcs=reward_funcs), processor
+
+
+def reference_logps(model, input_ids, attention_mask, point_clouds, n_completion):
+    """log pi(o_t | q, o_<t) from the plain forward's full logits (an independent path from trl's fused head)."""
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, point_clouds=point_clouds).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    tok = torch.gather(logp, 2, input_ids[:, 1:, None])[..., 0]
+    return tok[:, -n_completion:]
+
+
+def test_grpo_loss_matches_eq5_by_hand(toy_dir, tmp_path):
+    trainer, processor = make_trainer(toy_dir, tmp_path)
+    model = trainer.model
+    model.eval()  # no dropout either way; makes the two forwards comparable
+    torch.manual_seed(0)
+    # one prompt, G completions of different lengths (right padded), as trl lays them out
+    prompt = processor(questions=['Where is the red chair?'] * G, point_clouds=[trainer.scene_clouds[
+        trainer.train_dataset[0]['scene_id']]] * G)
+    vocab = model.config.text_config.vocab_size
+    lengths = [5, 3, 4, 2]
+    completion_ids = torch.randint(20, vocab, (G, 5))
+    completion_mask = torch.tensor([[1] * n + [0] * (5 - n) for n in lengths])
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, processor.tokenizer.pad_token_id)
+    input_ids = torch.cat([prompt['input_ids'], completion_ids], 1)
+    attention = torch.cat([prompt['attention_mask'], completion_mask], 1)
+    clouds = prompt['point_clouds']
+
+    logp = reference_logps(model, input_ids, attention, clouds, 5)
+    # the old policy differs by known log-ratios so that both sides of the clip are exercised
+    shifts = torch.tensor([0.5, -0.5, 0.1, -0.1, 0.3])[None, :].expand(G, 5) * torch.tensor([1, -1, 1, -1])[:, None]
+    old = logp - shifts
+    ref = logp + 0.3 * torch.randn(G, 5)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.0])
+    adv = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+
+    inputs = {'prompt_ids': prompt['input_ids'], 'prompt_mask': prompt['attention_mask'],
+              'completion_ids': completion_ids, 'completion_mask': completion_mask, 'advantages': adv,
+              'old_per_token_logps': old, 'ref_per_token_logps': ref, 'point_clouds': clouds,
+              'num_items_in_batch': completion_mask.sum()}
+    loss = trainer._compute_loss(model, inputs)
+
+    # Eq. 5 (negated, since trl minimises): per completion, mean over its tokens of
+    #   -min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) + beta * KL,  KL = pi_ref/pi - log(pi_ref/pi) - 1
+    # then the mean over the G completions of the group.
+    rho = torch.exp(logp - old)
+    surrogate = torch.minimum(rho * adv[:, None], rho.clamp(1 - EPS, 1 + EPS) * adv[:, None])
+    kl = torch.exp(ref - logp) - (ref - logp) - 1
+    per_token = -surrogate + BETA * kl
+    m = completion_mask.float()
+    expected = ((per_token * m).sum(1) / m.sum(1)).mean()
+    assert rho.max() > 1 + EPS and rho.min() < 1 - EPS      # the clip is really in play
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+
+    # and the loss depends on the point cloud: a different scene changes the policy's log-probs
+    inputs['point_clouds'] = clouds + 0.5
+    assert trainer._compute_loss(model, inputs).item() != pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_group_normalised_advantages_and_scene_in_generation(toy_dir, tmp_path):
+    seen = []
+
+    def scripted_reward(prompts, completions, completion_ids, **kw):
+        # a reward that depends on the sample, so groups have spread: the completion's first token id
+        seen.append(kw['scene_id'])
+        return [float(ids[0] % 7) if ids else 0.0 for ids in completion_ids]
+
+    trainer, processor = make_trainer(toy_dir, tmp_path, reward_funcs=[scripted_reward])
+    trainer.model.train()
+    rows = [trainer.train_dataset[0]] * G + [trainer.train_dataset[1]] * G
+    calls = []
+    original_generate = trainer.model.generate
+
+    def spy_generate(*args, **kwargs):
+        calls.append(kwargs.get('point_clouds'))
+        return original_generate(*args, **kwargs)
+
+    trainer.model.generate = spy_generate
+    out = trainer._generate_and_score_completions(rows)
+
+    # generation saw each prompt's own scene
+    assert calls and calls[0] is not None and calls[0].shape[0] == 2 * G
+    expect = sample_points(SceneClouds(toy_dir, 1024)[rows[0]['scene_id']], processor.num_points,
+                           features=processor.point_features)
+    assert torch.allclose(calls[0][0].cpu(), torch.from_numpy(expect))
+    assert torch.equal(out['point_clouds'], calls[0])
+    # advantages: (r - group mean) / (group std + 1e-4), group by group
+    r = torch.tensor([float(c[0] % 7) if len(c) else 0.0 for c in
+                      [ids[m.bool()].tolist() for ids, m in zip(out['completion_ids'], out['completion_mask'])]])
+    groups = r.view(-1, G)
+    expected = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).view(-1)
+    assert torch.allclose(out['advantages'], expected, atol=1e-5)
+    assert seen[0] == [x['scene_id'] for x in rows]
+    # the KL reference is a frozen copy of the starting (SFT) policy
+    assert 'ref_per_token_logps' in out
+    ref = trainer.accelerator.unwrap_model(trainer.ref_model)
+    assert not any(p.requires_grad for p in ref.parameters())
