@@ -14,23 +14,41 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
+import threading
 
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 
 class PoseBuffer:
+    """Bounded, time-ordered 4x4 poses; thread-safe (an executor thread adds, the fusion thread looks up)."""
+
     def __init__(self, max_size: int = 2000, max_extrapolation: float = 0.1):
         self._stamps: deque[float] = deque(maxlen=max_size)
         self._poses: deque[np.ndarray] = deque(maxlen=max_size)
+        self._lock = threading.Lock()
         self.max_extrapolation = max_extrapolation
 
     def __len__(self) -> int:
         return len(self._stamps)
 
+    @property
+    def newest_stamp(self) -> float | None:
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._stamps.clear()
+            self._poses.clear()
+
     def add(self, stamp: float, pose: np.ndarray) -> None:
         """Add a 4x4 pose; out-of-order stamps are inserted in order (bounded buffers drop the oldest)."""
         pose = np.asarray(pose, np.float64)
+        with self._lock:
+            self._add(float(stamp), pose)
+
+    def _add(self, stamp: float, pose: np.ndarray) -> None:
         if self._stamps and stamp < self._stamps[-1]:
             if len(self._stamps) == self._stamps.maxlen:  # full: make room the way append would
                 self._stamps.popleft()
@@ -44,6 +62,10 @@ class PoseBuffer:
 
     def lookup(self, stamp: float) -> np.ndarray | None:
         """The interpolated 4x4 pose at ``stamp``, or None when no pose is close enough."""
+        with self._lock:
+            return self._lookup(stamp)
+
+    def _lookup(self, stamp: float) -> np.ndarray | None:
         if not self._stamps:
             return None
         stamps = self._stamps

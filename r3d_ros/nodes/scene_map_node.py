@@ -1,13 +1,24 @@
 """`scene_map`: live fusion of point clouds into a bounded, persistent voxel map.
 
 Lifecycle node over :class:`r3d_ros.mapping.VoxelMap`. Ingest never blocks the executor: the cloud
-callback only appends the message to a bounded deque; a worker thread decodes and fuses. When frames
-arrive faster than they can be fused, the oldest waiting frame is dropped (a map wants the newest view)
-and counted in diagnostics.
+callback only appends the message to a bounded deque (``queue_size``); one worker thread decodes and
+fuses. When frames arrive faster than they can be fused, the oldest waiting frame is dropped (a map wants
+the newest view) and counted in diagnostics. A worker thread was chosen over callback groups +
+MultiThreadedExecutor alone because a bounded drop-oldest queue is then explicit and countable; with
+executor callbacks the backlog would sit, unbounded and invisible, in the DDS history. The executor is
+still multi-threaded (ingest in its own callback group) so a slow map publication or a save never delays
+taking frames off the wire. Fusion takes the map lock for one ``integrate``; publication and saving take
+it only to copy the map, then encode/write outside it.
 
 Pose source (``pose_source``): ``odom`` (nav_msgs/Odometry on ``pose_topic``), ``pose``
 (geometry_msgs/PoseStamped), or ``none`` (clouds already in ``fixed_frame``). Poses are matched to each
-cloud's stamp by interpolation (:class:`r3d_ros.mapping.PoseBuffer`).
+cloud's stamp by interpolation (:class:`r3d_ros.mapping.PoseBuffer`); a cloud newer than the newest pose
+waits up to ``pose_wait`` seconds for it. tf2 is not importable here (no ROS install, only message
+wheels); where it is, a ``tf2_ros.Buffer.lookup_transform(fixed_frame, cloud.header.frame_id, stamp)``
+would replace the PoseBuffer lookup in :meth:`SceneMapNode._pose_for` and nothing else changes.
+
+Lifecycle: configure builds the map (loading ``map_path`` when it exists) and the ROS entities, activate
+starts fusing and publishing, deactivate stops taking frames, cleanup tears the entities down.
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ class SceneMapNode(LifecycleNode):
         self.declare_parameter('pose_topic', 'odom', describe('Odometry or PoseStamped topic', read_only=True))
         self.declare_parameter('max_pose_age', 0.1, describe('Largest gap (s) between a cloud and the nearest pose '
                                                           'outside the buffered span', floats=(0.0, 5.0)))
+        self.declare_parameter('pose_wait', 0.5, describe('Seconds a cloud newer than every pose waits for it',
+                                                          floats=(0.0, 5.0)))
         self.declare_parameter('queue_size', 4, describe('Frames waiting to be fused; more drop the oldest',
                                                       ints=(1, 100), read_only=True))
         self.declare_parameter('publish_rate', 1.0, describe('Map publications per second', floats=(0.01, 50.0),
@@ -72,6 +85,7 @@ class SceneMapNode(LifecycleNode):
         self._fuse_times: deque = deque(maxlen=50)
         self._fused_points: deque = deque(maxlen=50)
         self._dirty = False
+        self._active = False
         self._entities: list = []
 
     def p(self, name):
@@ -79,15 +93,22 @@ class SceneMapNode(LifecycleNode):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        self.voxel_map = VoxelMap(self.p('voxel_size'), self.p('max_voxels'), self.p('min_range'), self.p('max_range'))
+        if self.p('pose_source') not in ('odom', 'pose', 'none'):
+            self.get_logger().error(f"pose_source {self.p('pose_source')!r} is not one of 'odom', 'pose', 'none'")
+            return TransitionCallbackReturn.FAILURE
+        limits = dict(voxel_size=self.p('voxel_size'), max_voxels=self.p('max_voxels'),
+                      min_range=self.p('min_range'), max_range=self.p('max_range'))
+        self.voxel_map = VoxelMap(**limits)
         path = self.p('map_path')
         if path and Path(path).exists():
             try:
-                self.voxel_map = VoxelMap.load(path, max_voxels=self.p('max_voxels'))
+                self.voxel_map = VoxelMap.load(path, **limits)
                 self.get_logger().info(f'loaded {len(self.voxel_map)} voxels from {path}')
+                self._dirty = True
             except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the robot mapping
                 self.get_logger().error(f'could not load {path}: {exc}; starting an empty map')
-        self._frames = deque(maxlen=None)
+        self._frames = deque()
+        self.poses.clear()
         self.map_pub = self.create_lifecycle_publisher(PointCloud2, 'scene_map/cloud', MAP_QOS)
         self.diag_pub = self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10)
         ingest = MutuallyExclusiveCallbackGroup()
@@ -106,9 +127,6 @@ class SceneMapNode(LifecycleNode):
         elif source == 'pose':
             self._entities.append(self.create_subscription(PoseStamped, self.p('pose_topic'), self._on_pose, 100,
                                                            callback_group=ingest))
-        elif source != 'none':
-            self.get_logger().error(f"pose_source {source!r} is not one of 'odom', 'pose', 'none'")
-            return TransitionCallbackReturn.FAILURE
         if self.p('snapshot_period') > 0 and self.p('map_path'):
             self._entities.append(self.create_timer(self.p('snapshot_period'), self._snapshot))
         self._stop.clear()
@@ -116,13 +134,39 @@ class SceneMapNode(LifecycleNode):
         self._worker.start()
         return TransitionCallbackReturn.SUCCESS
 
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._active = True
+        self._dirty = True  # (re)publish the current map to whoever subscribes now
+        return super().on_activate(state)  # activates the lifecycle publishers
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
+        return super().on_deactivate(state)
+
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self.stop_worker()
+        self._destroy_entities()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
         self.stop_worker()
         return TransitionCallbackReturn.SUCCESS
+
+    def _destroy_entities(self) -> None:
+        for entity in self._entities:
+            if hasattr(entity, 'cancel'):  # timers
+                entity.cancel()
+                self.destroy_timer(entity)
+            elif hasattr(entity, 'srv_type'):
+                self.destroy_service(entity)
+            else:
+                self.destroy_subscription(entity)
+        self.destroy_lifecycle_publisher(self.map_pub)
+        self.destroy_lifecycle_publisher(self.diag_pub)
+        self._entities = []
+        with self._cv:
+            self._frames.clear()
 
     def stop_worker(self):
         self._stop.set()
@@ -134,6 +178,8 @@ class SceneMapNode(LifecycleNode):
 
     # -- ingest (executor threads: only queue work) ------------------------------------------
     def _on_cloud(self, msg: PointCloud2) -> None:
+        if not self._active:
+            return
         with self._cv:
             if len(self._frames) >= self.p('queue_size'):
                 self._frames.popleft()
@@ -156,7 +202,11 @@ class SceneMapNode(LifecycleNode):
                 if self._stop.is_set():
                     return
                 msg = self._frames.popleft()
-            self._fuse(msg)
+            try:
+                self._fuse(msg)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not end fusion for good
+                self.malformed += 1
+                self.get_logger().error(f'fusing a frame failed: {exc!r}', throttle_duration_sec=5.0)
 
     def _fuse(self, msg: PointCloud2) -> None:
         t0 = time.perf_counter()
@@ -164,36 +214,49 @@ class SceneMapNode(LifecycleNode):
             xyz, rgb = xyz_rgb_from_cloud(msg)
         except PointCloudError as exc:
             self.malformed += 1
-            self.get_logger().warn(f'dropping malformed cloud: {exc}', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'dropping malformed cloud: {exc}', throttle_duration_sec=5.0)
             return
         stamp = stamp_to_sec(msg.header.stamp)
-        pose = None
-        if self.p('pose_source') != 'none':
-            self.poses.max_extrapolation = self.p('max_pose_age')
-            pose = self.poses.lookup(stamp)
-            if pose is None:
-                self.no_pose += 1
-                self.get_logger().warn(f'no pose for cloud at t={stamp:.3f}; not fused', throttle_duration_sec=5.0)
-                return
+        pose = self._pose_for(msg, stamp)
+        if pose is False:
+            self.no_pose += 1
+            self.get_logger().warning(f'no pose for cloud in {msg.header.frame_id!r} at t={stamp:.3f}; not fused',
+                                   throttle_duration_sec=5.0)
+            return
         with self._map_lock:
             n = self.voxel_map.integrate(xyz, rgb, pose=pose, stamp=stamp)
             self._dirty = True
         self._fuse_times.append(time.perf_counter() - t0)
         self._fused_points.append(n)
 
+    def _pose_for(self, msg: PointCloud2, stamp: float):
+        """Sensor-to-map pose for a cloud; None when it is already in the fixed frame, False when unknown."""
+        if self.p('pose_source') == 'none':
+            frame = msg.header.frame_id
+            return None if frame in ('', self.p('fixed_frame')) else False
+        self.poses.max_extrapolation = self.p('max_pose_age')
+        deadline = time.monotonic() + self.p('pose_wait')
+        while True:  # a cloud can overtake its own pose on the wire: wait briefly for it
+            newest = self.poses.newest_stamp
+            if (newest is not None and newest >= stamp) or time.monotonic() >= deadline or self._stop.is_set():
+                break
+            time.sleep(0.005)
+        pose = self.poses.lookup(stamp)
+        return False if pose is None else pose
+
     # -- outputs -----------------------------------------------------------------------------
     def _publish_map(self) -> None:
-        if self.voxel_map is None or not self._dirty:  # transient-local: late joiners get the last one
-            return
+        if self.voxel_map is None or not self._dirty or not self._active:
+            return  # unchanged: transient-local durability already gives late joiners the last map
         with self._map_lock:
             xyz, rgb, _ = self.voxel_map.snapshot()
             self._dirty = False
-        if len(xyz):
-            self.map_pub.publish(to_pointcloud2(xyz, rgb, frame_id=self.p('fixed_frame'),
-                                                stamp=self.get_clock().now().to_msg()))
+        # an empty map is published too (after ~/reset), so subscribers drop the old one
+        self.map_pub.publish(to_pointcloud2(xyz, rgb, frame_id=self.p('fixed_frame'),
+                                            stamp=self.get_clock().now().to_msg()))
 
     def _publish_diagnostics(self) -> None:
-        if self.voxel_map is None:
+        if self.voxel_map is None or not self._active:
             return
         busy = sum(self._fuse_times) or 1e-9
         stats = self.voxel_map.stats
@@ -213,6 +276,8 @@ class SceneMapNode(LifecycleNode):
         with self._map_lock:
             self.voxel_map.reset()
             self._dirty = True
+        with self._cv:
+            self._frames.clear()  # frames taken before the reset would refill the map
         response.success, response.message = True, 'map cleared'
         return response
 
@@ -229,8 +294,9 @@ class SceneMapNode(LifecycleNode):
         return response
 
     def _snapshot(self) -> None:
-        with self._map_lock:
-            self.voxel_map.save(self.p('map_path'))
+        with self._map_lock:  # copy under the lock (fast), write outside it (slow): fusion goes on
+            frozen = self.voxel_map.copy()
+        frozen.save(self.p('map_path'))
 
 
 def main(args=None) -> None:
