@@ -131,6 +131,8 @@ class SemanticSimilarity:
 
     def __call__(self, predictions: Sequence[str], references: Sequence[str]) -> list[float]:
         """Cosine per pair; an empty prediction scores 0.0."""
+        if not predictions:
+            return []
         preds = [p.strip() for p in predictions]
         refs = [r.strip() for r in references]
         sims = (self.embed([p or ' ' for p in preds]) * self.embed([r or ' ' for r in refs])).sum(-1)

@@ -65,8 +65,9 @@ def write_toy_dataset(out_dir: str | Path, num_scenes: int = 6, seed: int = 0, p
         scene = generate_scene(seed + i, point_density=point_density, num_objects=(5, 12))
         np.savez_compressed(out / 'scenes' / f'{scene.scene_id}.npz', points=scene.points, colors=scene.colors,
                             instance=scene.instance, objects=np.array(scene.objects_json()))
-        frac = i / max(num_scenes, 1)
-        split = 'train' if frac < 0.67 else ('val' if frac < 0.84 else 'test')
+        # by scene, so test questions are about rooms never seen in training: last sixth test, one sixth val
+        n_test = max(1, num_scenes // 6)
+        split = 'test' if i >= num_scenes - n_test else ('val' if i >= num_scenes - 2 * n_test else 'train')
         splits[split] += _records_for_scene(scene)
     for split, recs in splits.items():
         (out / f'{split}.jsonl').write_text(''.join(r.to_json() + '\n' for r in recs), encoding='utf-8')

@@ -1,0 +1,113 @@
+"""Smoke run of the whole pipeline through the installed ``r3d-train`` command (what CI runs): SFT a few steps
+on a handful of scenes, resume it, GRPO a few steps from the SFT model, evaluate both and the answer prior,
+print the table; plus the paper defaults in the bundled configs and the 2-process accelerate launch (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+from r3d_ros.model import R3DForConditionalGeneration
+from training.config import load_config
+from training.toy_data import write_toy_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+SMALL = ['--set', 'model.num_points=128', '--set', 'data.max_points=1024', '--set', 'train.logging_steps=1',
+         '--set', 'train.per_device_train_batch_size=4', '--set', 'train.disable_tqdm=true']
+
+
+def run(*args, timeout=240):
+    proc = subprocess.run([str(BIN / 'r3d-train'), *args], env=ENV, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def log_lines(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / 'log.jsonl').read_text().splitlines()]
+
+
+@pytest.fixture(scope='module')
+def toy_dir(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp('toy'), num_scenes=6, use_project_generator=False)
+
+
+def test_paper_defaults_in_configs():
+    sft, grpo = load_config('sft')['train'], load_config('grpo')['train']
+    assert sft['num_train_epochs'] == 2 and sft['per_device_train_batch_size'] == 12
+    assert sft['weight_decay'] == 0.1 and sft['optim'].startswith('adamw')
+    assert sft['learning_rate'] == 1e-5 and sft['lr_scheduler_kwargs']['min_lr'] == 1e-6
+    assert sft['lr_scheduler_type'] == 'cosine_with_min_lr'
+    assert grpo['num_train_epochs'] == 2 and grpo['learning_rate'] == 1e-6 and grpo['lr_scheduler_type'] == 'constant'
+    assert grpo['beta'] == 0.02 and grpo['epsilon'] == 0.2 and grpo['num_generations'] == 8
+    # batch 12 prompts per optimizer step, each with its group of G completions
+    assert grpo['per_device_train_batch_size'] * grpo['gradient_accumulation_steps'] == 12 * 8
+    assert load_config('grpo')['rewards']['names'] == ['format', 'perception', 'semantic']
+    lora = load_config('sft')['model']['lora']
+    assert (lora['last_n_blocks'], lora['r'], lora['alpha'], lora['dropout']) == (8, 12, 16, 0.0)
+
+
+def test_help_of_every_command():
+    for cmd in ('sft', 'grpo', 'evaluate', 'table'):
+        assert '--' in run(cmd, '--help')
+
+
+def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
+    sft_dir, grpo_dir = tmp_path / 'sft', tmp_path / 'grpo'
+    run('sft', '--config', 'tiny_sft', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
+        '--set', 'train.max_steps=2', '--set', 'train.save_steps=2')
+    assert (sft_dir / 'checkpoint-2').is_dir()
+    # resumable: a second run continues from checkpoint-2 instead of starting over
+    run('sft', '--config', 'tiny_sft', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
+        '--set', 'train.max_steps=4', '--set', 'train.save_steps=2', '--resume')
+    steps = [d['step'] for d in log_lines(sft_dir) if 'loss' in d]
+    assert steps == [1, 2, 3, 4]
+    final = sft_dir / 'final'
+    R3DForConditionalGeneration.from_pretrained(str(final))    # a plain checkpoint the reasoner can load
+
+    run('grpo', '--config', 'tiny_grpo', '--data', str(toy_dir), '--model', str(final),
+        '--output-dir', str(grpo_dir), *SMALL, '--set', 'train.max_steps=2', '--set', 'train.num_generations=4',
+        '--set', 'train.gradient_accumulation_steps=1', '--set', 'train.max_completion_length=12',
+        '--set', 'train.save_steps=2')
+    grpo_logs = [d for d in log_lines(grpo_dir) if 'loss' in d]
+    assert len(grpo_logs) == 2
+    for key in ('rewards/format_reward/mean', 'rewards/perception_reward/mean', 'rewards/semantic_reward/mean',
+                'kl', 'clip_ratio/region_mean'):
+        assert key in grpo_logs[-1], key
+    assert (grpo_dir / 'final' / 'model.safetensors').exists()
+
+    results = {}
+    for name, extra in (('prior', ['--prior']), ('sft', ['--model', str(final)]),
+                        ('grpo', ['--model', str(grpo_dir / 'final')])):
+        out = tmp_path / f'{name}.json'
+        run('evaluate', '--data', str(toy_dir), *extra, '--name', name, '--out', str(out), '--limit', '4',
+            '--max-new-tokens', '16')
+        results[name] = json.loads(out.read_text())['results']
+        assert out.with_suffix('.predictions.jsonl').exists()
+    assert results['prior']['all']['n'] == 4
+    assert 'Format' not in results['prior']['all'] and 'Format' in results['sft']['all']
+    assert 'Acc@0.25' in results['sft']['grounding']
+    table = run('table', *(str(tmp_path / f'{n}.json') for n in results))
+    assert '| prior | grounding |' in table and '| grpo | all |' in table
+
+
+def test_sft_under_accelerate_launch_two_cpu_processes(toy_dir, tmp_path):
+    out = tmp_path / 'ddp'
+    proc = subprocess.run(
+        [str(BIN / 'accelerate'), 'launch', '--config_file', str(REPO / 'training/accelerate/cpu_2proc.yaml'),
+         '-m', 'training.cli', 'sft', '--config', 'tiny_sft', '--data', str(toy_dir), '--output-dir', str(out),
+         *SMALL, '--set', 'train.max_steps=3', '--set', 'train.per_device_train_batch_size=2',
+         '--set', 'train.save_steps=3'],
+        env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = [d for d in log_lines(out) if 'loss' in d]
+    assert [d['step'] for d in logs] == [1, 2, 3]
+    assert {d['world_size'] for d in logs} == {2}
+    assert (out / 'final' / 'model.safetensors').exists()
