@@ -108,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate(records, SceneClouds(args.data), None if args.prior else args.model, train,
                        args.batch_size, args.max_new_tokens, args.device, args.encoder,
                        predictions_path=out.with_suffix('.predictions.jsonl'))
+        from training.evaluate import _metrics_module
+
+        impl = 'r3d_ros.evaluation.metrics' if _metrics_module() is not None else 'training.evaluate (fallback)'
         out.write_text(json.dumps({'name': name, 'data': str(args.data), 'split': args.split,
-                                   'model': args.model, 'results': res}, indent=2))
+                                   'model': args.model, 'metrics': impl, 'results': res}, indent=2))
         print(markdown_table({name: res}))
     elif args.command == 'table':
         from training.evaluate import markdown_table

@@ -71,6 +71,19 @@ def make_log_callback(path: str | Path):
     return JsonlLogger()
 
 
+def make_processor_saver(processor):
+    """A callback writing the R3D processor (tokenizer + r3d_processor.json) into every ``checkpoint-N``, so
+    any checkpoint loads like a final model (evaluate, the reasoner, GRPO's start point)."""
+    from transformers import TrainerCallback
+
+    class ProcessorSaver(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                processor.save_pretrained(Path(args.output_dir) / f'checkpoint-{state.global_step}')
+
+    return ProcessorSaver()
+
+
 def last_checkpoint(output_dir: str | Path) -> str | None:
     """The newest ``checkpoint-N`` directory under ``output_dir`` (what ``--resume`` continues from)."""
     from transformers.trainer_utils import get_last_checkpoint

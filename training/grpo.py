@@ -35,7 +35,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from r3d_ros.model.processing_r3d import sample_points
-from training.config import last_checkpoint, make_log_callback
+from training.config import last_checkpoint, make_log_callback, make_processor_saver
 from training.data import SceneClouds, grpo_rows, load_records, split_path, to_dataset
 from training.modeling import enable_trl_fused_head, load_model_and_processor, save_model
 from training.rewards import REWARD_NAMES, build_reward_funcs
@@ -159,7 +159,8 @@ def build_grpo_trainer(cfg: dict, output_dir: str | Path, model=None, processor=
                             train_dataset=to_dataset(grpo_rows(train, processor)),
                             processing_class=processor.tokenizer,
                             scene_clouds=SceneClouds(data['dir'], data.get('max_points', 8192)),
-                            scene_processor=processor, callbacks=[make_log_callback(output_dir / 'log.jsonl')])
+                            scene_processor=processor,
+                            callbacks=[make_log_callback(output_dir / 'log.jsonl'), make_processor_saver(processor)])
 
 
 def run_grpo(cfg: dict, output_dir: str | Path, resume: bool = False) -> Path:

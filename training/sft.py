@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.config import last_checkpoint, make_log_callback
+from training.config import last_checkpoint, make_log_callback, make_processor_saver
 from training.data import SceneClouds, SceneCollator, load_records, sft_rows, split_path, to_dataset
 from training.modeling import load_model_and_processor, save_model
 
@@ -36,7 +36,7 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
                          eval_dataset=to_dataset(sft_rows(val)) if val else None,
                          processing_class=processor.tokenizer,
                          data_collator=SceneCollator(processor, clouds, data.get('max_length')),
-                         callbacks=[make_log_callback(output_dir / 'log.jsonl')])
+                         callbacks=[make_log_callback(output_dir / 'log.jsonl'), make_processor_saver(processor)])
     return trainer, processor
 
 
