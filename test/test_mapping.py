@@ -114,9 +114,25 @@ def test_memory_is_bounded_and_the_stalest_voxels_go_first():
         pts = rng.uniform(0, 5, (2000, 3)).astype(np.float32) + np.float32(k * 10)  # a new region every frame
         vmap.integrate(pts, stamp=float(k))
         assert len(vmap) <= 1000
-    xyz, _, _ = vmap.snapshot()
+    xyz, _, counts = vmap.snapshot()
     assert xyz.min() >= 19 * 10 - 1e-3  # only the newest frame's region survives
     assert vmap.stats.evicted > 0
+    # the index still finds every surviving voxel: the same points again add counts, not voxels
+    size = len(vmap)
+    vmap.integrate(xyz, stamp=20.0)  # the surviving voxels' own mean points
+    assert len(vmap) == size and len(np.unique(vmap.keys)) == size
+    assert vmap.snapshot()[2].sum() == counts.sum() + size
+
+
+def test_eviction_among_equally_stale_voxels_drops_the_farthest_from_the_sensor():
+    vmap = VoxelMap(voxel_size=0.1, max_voxels=200, min_range=0.0, max_range=50.0)
+    pts = np.zeros((3000, 3), np.float32)
+    pts[:, 0] = np.arange(3000) * 0.1 + 0.05  # one voxel per point along x, 0.05 .. 300 m
+    pts = pts[pts[:, 0] < 50.0]
+    pose = np.eye(4)
+    vmap.integrate(pts, pose=pose, stamp=1.0)  # one frame: every voxel equally stale
+    xyz, _, _ = vmap.snapshot()
+    assert 0 < len(vmap) <= 200 and xyz[:, 0].max() < 200 * 0.1  # the nearest voxels are the ones kept
 
 
 @pytest.mark.parametrize('suffix', ['.npz', '.ply'])

@@ -323,21 +323,32 @@ class VoxelMap:
         self._delta_keys, self._delta_rows = np.empty(0, np.int64), np.empty(0, np.int64)
 
     def _evict(self, n: int, origin: np.ndarray | None) -> None:
+        """Drop the ``n`` (+5 %) stalest voxels, the farthest from ``origin`` first among equally stale ones.
+
+        O(V): a partition finds the cut-off time, only the voxels seen exactly then are ranked by distance,
+        and the sorted index is filtered and renumbered in place of a re-sort."""
         n = min(self._n, n + self.max_voxels // 20)
         data = self._data[:self._n]
         seen = data[:, 7]
-        if origin is None:
-            order = np.argsort(seen, kind='stable')               # oldest first
-        else:
-            dist = np.linalg.norm(data[:, :3] / data[:, 6:7] - origin, axis=1)
-            order = np.lexsort((-dist, seen))                       # oldest first, then farthest
-        keep = np.ones(self._n, bool)
-        keep[order[:n]] = False
+        cutoff = np.partition(seen, n - 1)[n - 1]
+        drop = seen < cutoff
+        tied = np.flatnonzero(seen == cutoff)
+        need = n - int(drop.sum())
+        if 0 < need < len(tied) and origin is not None:
+            dist = np.linalg.norm(data[tied, :3] / data[tied, 6:7] - origin, axis=1)
+            tied = tied[np.argpartition(-dist, need - 1)]
+        drop[tied[:need]] = True
+        keep = ~drop
         k = int(keep.sum())
+        new_row = np.cumsum(keep) - 1                               # old column -> new column
         self._keys[:k], self._data[:k] = self.keys[keep], data[keep]
         self._n = k
         self.evicted += n
-        self._rebuild_index()
+        for name in ('main', 'delta'):
+            keys, rows = getattr(self, f'_{name}_keys'), getattr(self, f'_{name}_rows')
+            alive = keep[rows]
+            setattr(self, f'_{name}_keys', keys[alive])
+            setattr(self, f'_{name}_rows', new_row[rows[alive]])
 
     # -----------------------------------------------------------------------------------------
     def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
