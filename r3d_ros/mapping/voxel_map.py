@@ -281,15 +281,15 @@ class VoxelMap:
         if miss.any() and len(self._delta_keys):
             rows[miss] = self._find(self._delta_keys, self._delta_rows, keys[miss])
             miss = rows < 0
-        rows_sums = np.empty((len(keys), 8), np.float64)
-        rows_sums[:, :7] = sums.T
-        rows_sums[:, 7] = stamp
         if miss.any():
+            new = np.empty((int(miss.sum()), 8), np.float64)
+            new[:, :7] = sums[:, miss].T
+            new[:, 7] = stamp
+            self._append(keys[miss], new)
             hit = ~miss
-            self._append(keys[miss], rows_sums[miss])
-            rows, rows_sums = rows[hit], rows_sums[hit]
+            rows, sums = rows[hit], sums[:, hit]
         voxels = np.take(self._data, rows, axis=0)   # take/put of whole rows: 2x faster than 2-D fancy +=
-        voxels[:, :7] += rows_sums[:, :7]
+        voxels[:, :7] += sums.T
         voxels[:, 7] = stamp
         self._data[rows] = voxels
 
