@@ -132,6 +132,7 @@ class QARecord:
     think: str = ''
     boxes: list[dict] = field(default_factory=list)   # {'ref', 'center': [3], 'size': [3]}
     plan: list[dict] = field(default_factory=list)    # {'action', 'target', 'position': [3]}
+    short_answer: str = ''        # the bare answer ('3', 'red', 'left', 'chair_4'); '' when unknown (real data)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,7 +144,8 @@ class QARecord:
     def from_dict(cls, d: dict) -> QARecord:
         return cls(scene_id=str(d['scene_id']), question=str(d['question']), cot=str(d.get('cot', '')),
                    answer=str(d.get('answer', '')), task=str(d.get('task', '')), think=str(d.get('think', '')),
-                   boxes=list(d.get('boxes') or []), plan=list(d.get('plan') or []))
+                   boxes=list(d.get('boxes') or []), plan=list(d.get('plan') or []),
+                   short_answer=str(d.get('short_answer', '')))
 
     @classmethod
     def from_json(cls, text: str) -> QARecord:
