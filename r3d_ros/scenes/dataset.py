@@ -64,7 +64,7 @@ def save_scene(scene: Scene, path: str | Path) -> Path:
 def read_scene(path: str | Path) -> Scene:
     """Read a scene written by :func:`save_scene` (the objects JSON is optional, for plain point stores)."""
     with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z['objects'])) if 'objects' in z.files else {}
+        meta = json.loads(str(z['objects'].reshape(-1)[0])) if 'objects' in z.files else {}
         n = len(z['points'])
         instance = z['instance'] if 'instance' in z.files else np.full(n, -1, np.int32)
         colors = z['colors'] if 'colors' in z.files else np.full((n, 3), 128, np.uint8)
@@ -308,7 +308,9 @@ def make_dataset(out_dir: str | Path, n_scenes: int, seed: int = 0, *, workers: 
     if workers > 1:
         import multiprocessing as mp
 
-        with mp.get_context('spawn').Pool(workers) as pool:
+        # fork: workers need nothing re-imported, and no resource-tracker process outlives the pool
+        method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
+        with mp.get_context(method).Pool(workers) as pool:
             for result in pool.imap(_make_one, jobs, chunksize=4):
                 consume(result)
     else:
