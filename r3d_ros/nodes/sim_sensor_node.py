@@ -1,83 +1,108 @@
-"""`sim_sensor`: a simulated depth camera (or spinning lidar) moving through a synthetic room.
+"""``sim_sensor``: a simulated depth camera / lidar moving through a synthetic room.
 
-Publishes ``points`` (PointCloud2 xyz+rgb in the sensor frame, sensor-data QoS) and ``odom``
-(nav_msgs/Odometry, ``map`` -> ``sensor``) with the same stamp per frame, so a map node can fuse the
-clouds exactly as it would a real robot's. The scene, trajectory and sensor come from
-:mod:`r3d_ros.scenes` (seeded: the same parameters give the same frames).
+Publishes ``points`` (sensor_msgs/PointCloud2 xyz+rgb, sensor-data QoS, frame ``sensor``) and ``odom``
+(nav_msgs/Odometry, frame ``map``, child ``sensor``), each at its own rate. The scene, the sensor and the
+orbit trajectory come from :mod:`r3d_ros.scenes` (this node only adapts them to ROS).
 """
 
 from __future__ import annotations
 
 from nav_msgs.msg import Odometry
+import numpy as np
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import PointCloud2
 
-from r3d_ros.nodes.common import describe
 from r3d_ros.nodes.conversions import matrix_to_pose, to_pointcloud2
-from r3d_ros.scenes.sensor_sim import SimulatedSensor, orbit_pose
+from r3d_ros.scenes.sensor_sim import MODELS, SimulatedSensor, orbit_pose
 from r3d_ros.scenes.synthetic import generate_scene
 
-#: name, default, description, bounds (all read-only: the scene and sensor are built once, at start)
-PARAMETERS = [
-    ('scene_seed', 0, 'Seed of the synthetic room', {'ints': (0, 2**31 - 1)}),
-    ('point_density', 400.0, 'Scene surface samples per m^2', {'floats': (10.0, 1e5)}),
-    ('sensor_model', 'depth_camera', "'depth_camera' or 'lidar'", {}),
-    ('width', 96, 'Depth camera columns', {'ints': (8, 4096)}),
-    ('height', 72, 'Depth camera rows', {'ints': (8, 4096)}),
-    ('max_range', 8.0, 'Sensor range (m)', {'floats': (0.5, 200.0)}),
-    ('noise', True, 'Add range noise', {}),
-    ('rate', 5.0, 'Frames per second (points and odom)', {'floats': (0.1, 100.0)}),
-    ('period', 30.0, 'Seconds per lap of the orbit trajectory', {'floats': (1.0, 3600.0)}),
-    ('sensor_frame', 'sensor', 'Frame of the published clouds', {}),
-    ('map_frame', 'map', 'Fixed frame of the odometry', {}),
-]
+
+def _desc(text: str, lo=None, hi=None, integer=False, read_only=True) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=text, read_only=read_only)
+    if lo is not None:
+        if integer:
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return d
 
 
 class SimSensorNode(Node):
-    def __init__(self, **kw):
-        super().__init__('sim_sensor', **kw)
-        for name, default, text, bounds in PARAMETERS:
-            self.declare_parameter(name, default, describe(text, read_only=True, **bounds))
-        p = lambda n: self.get_parameter(n).value  # noqa: E731
-        self.scene = generate_scene(p('scene_seed'), point_density=p('point_density'))
-        self.sensor = SimulatedSensor(self.scene, p('sensor_model'), width=p('width'), height=p('height'),
-                                      max_range=p('max_range'), noise=p('noise'), seed=p('scene_seed'))
-        self.points_pub = self.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
-        self.odom_pub = self.create_publisher(Odometry, 'odom', 50)
-        self.t0 = self.get_clock().now()
-        self.create_timer(1.0 / p('rate'), self._tick)
+    def __init__(self, **kwargs):
+        super().__init__('sim_sensor', **kwargs)
+        p = self.declare_parameter
+        seed = p('scene_seed', 0, _desc('seed of the synthetic room', 0, 2**31 - 1, True)).value
+        min_obj = p('min_objects', 5, _desc('fewest objects in the room', 0, 30, True)).value
+        max_obj = p('max_objects', 30, _desc('most objects in the room', 0, 60, True)).value
+        density = p('point_density', 400.0, _desc('scene surface samples per square metre', 10.0, 10000.0)).value
+        model = p('sensor_model', 'depth_camera', _desc(f'one of {list(MODELS)}')).value
+        width = p('width', 96, _desc('depth camera z-buffer width (pixels)', 8, 1024, True)).value
+        height = p('height', 72, _desc('depth camera z-buffer height (pixels)', 8, 1024, True)).value
+        channels = p('lidar_channels', 32, _desc('lidar beams', 1, 128, True)).value
+        max_range = p('max_range', 8.0, _desc('maximum range (m)', 0.5, 100.0)).value
+        noise = p('noise', True, _desc('add range noise')).value
+        max_points = p('max_points', 20000, _desc('cap on points per cloud (0 = no cap)', 0, 10**7, True)).value
+        self.cloud_rate = p('cloud_rate', 5.0, _desc('clouds per second', 0.1, 100.0)).value
+        self.odom_rate = p('odom_rate', 20.0, _desc('odometry messages per second', 0.1, 1000.0)).value
+        self.period = p('orbit_period', 30.0, _desc('seconds per lap of the orbit', 1.0, 3600.0)).value
+        self.radius = p('orbit_radius_fraction', 0.3, _desc('orbit radius / smaller room side', 0.0, 0.45)).value
+        self.sensor_height = p('sensor_height', 1.3, _desc('sensor height above the floor (m)', 0.1, 3.0)).value
+        self.pitch = p('pitch_deg', 15.0, _desc('downward pitch (degrees)', -45.0, 89.0)).value
+        self.frame = p('sensor_frame', 'sensor', _desc('frame of the clouds')).value
+        self.map_frame = p('map_frame', 'map', _desc('fixed frame of the odometry')).value
+        if model not in MODELS:
+            raise ValueError(f'sensor_model must be one of {MODELS}')
+        self.scene = generate_scene(seed, num_objects=(min_obj, max(min_obj, max_obj)), point_density=density)
+        self.sensor = SimulatedSensor(self.scene, model, width=width, height=height, channels=channels,
+                                      max_range=max_range, noise=noise, max_points=max_points or None, seed=seed)
+        self.cloud_pub = self.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+        self.odom_pub = self.create_publisher(Odometry, 'odom', 10)
+        self.start = self.get_clock().now()
+        self.create_timer(1.0 / self.cloud_rate, self.publish_cloud)
+        self.create_timer(1.0 / self.odom_rate, self.publish_odom)
         self.get_logger().info(f'{self.scene.scene_id}: {len(self.scene.objects)} objects, '
-                               f'{len(self.scene.points)} surface points; {p("sensor_model")} at {p("rate")} Hz')
+                               f'{len(self.scene.points)} points, {model}')
 
-    def _tick(self) -> None:
+    def _pose(self):
         now = self.get_clock().now()
-        t = (now - self.t0).nanoseconds * 1e-9
-        pose = orbit_pose(self.scene, t, period_s=self.get_parameter('period').value)
+        t = (now - self.start).nanoseconds * 1e-9
+        pose = orbit_pose(self.scene, t, self.period, self.radius, self.sensor_height, self.pitch)
+        return now, pose
+
+    def publish_cloud(self):
+        now, pose = self._pose()
         xyz, rgb = self.sensor.capture(pose)
-        stamp = now.to_msg()
-        odom = Odometry()
-        odom.header.stamp, odom.header.frame_id = stamp, self.get_parameter('map_frame').value
-        odom.child_frame_id = self.get_parameter('sensor_frame').value
-        odom.pose.pose = matrix_to_pose(pose)
-        self.odom_pub.publish(odom)  # first, so the pose is there when the cloud arrives
-        self.points_pub.publish(to_pointcloud2(xyz, rgb, frame_id=odom.child_frame_id, stamp=stamp))
+        self.cloud_pub.publish(to_pointcloud2(xyz, rgb, frame_id=self.frame, stamp=now.to_msg()))
+
+    def publish_odom(self):
+        now, pose = self._pose()
+        msg = Odometry()
+        msg.header.stamp = now.to_msg()
+        msg.header.frame_id = self.map_frame
+        msg.child_frame_id = self.frame
+        msg.pose.pose = matrix_to_pose(np.asarray(pose))
+        self.odom_pub.publish(msg)
 
 
-def main(args=None) -> None:
+def main(args=None):
     rclpy.init(args=args)
-    node = SimSensorNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+    node = None
     try:
+        node = SimSensorNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
 
 
 if __name__ == '__main__':
