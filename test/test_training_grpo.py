@@ -124,6 +124,10 @@ def test_group_normalised_advantages_and_scene_in_generation(toy_dir, tmp_path):
     expected = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).view(-1)
     assert torch.allclose(out['advantages'], expected, atol=1e-5)
     assert seen[0] == [x['scene_id'] for x in rows]
+    # completions never contain encoder placeholders (sampling them would break the next forward's splice)
+    cfg = trainer.model.config
+    assert {cfg.scene_token_id, cfg.view_token_id, cfg.depth_token_id} <= set(trainer.generation_config.suppress_tokens)
+    assert not (out['completion_ids'] == cfg.scene_token_id).any()
     # the KL reference is a frozen copy of the starting (SFT) policy
     assert 'ref_per_token_logps' in out
     ref = trainer.accelerator.unwrap_model(trainer.ref_model)

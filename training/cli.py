@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-new-tokens', type=int, default=256)
     p.add_argument('--device', default='cpu')
     p.add_argument('--encoder', default='minilm', help="semantic-similarity encoder ('minilm', a path, clip:PATH)")
+    p.add_argument('--swap-scenes', action='store_true',
+                   help='control run: give every question the point cloud of another scene of the split (a model '
+                        'that reads the scene should lose accuracy; one that answers from priors will not)')
 
     p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
     p.add_argument('results', nargs='+')
@@ -79,6 +82,16 @@ def _train_config(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / 'config.resolved.yaml').write_text(__import__('yaml').safe_dump(cfg, sort_keys=False))
     return cfg
+
+
+class _Swapped:
+    """Scene clouds looked up under another scene's id (the --swap-scenes control)."""
+
+    def __init__(self, clouds, other: dict[str, str]):
+        self.clouds, self.other = clouds, other
+
+    def __getitem__(self, scene_id: str):
+        return self.clouds[self.other[scene_id]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,14 +118,20 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         name = args.name or ('answer prior' if args.prior else str(args.model))
-        res = evaluate(records, SceneClouds(args.data), None if args.prior else args.model, train,
+        clouds = SceneClouds(args.data)
+        if args.swap_scenes:
+            ids = sorted({r.scene_id for r in records})
+            other = dict(zip(ids, ids[1:] + ids[:1]))
+            clouds = _Swapped(clouds, other)
+        res = evaluate(records, clouds, None if args.prior else args.model, train,
                        args.batch_size, args.max_new_tokens, args.device, args.encoder,
                        predictions_path=out.with_suffix('.predictions.jsonl'))
         from training.evaluate import _metrics_module
 
         impl = 'r3d_ros.evaluation.metrics' if _metrics_module() is not None else 'training.evaluate (fallback)'
         out.write_text(json.dumps({'name': name, 'data': str(args.data), 'split': args.split,
-                                   'model': args.model, 'metrics': impl, 'results': res}, indent=2))
+                                   'model': args.model, 'metrics': impl, 'swap_scenes': args.swap_scenes,
+                                   'results': res}, indent=2))
         print(markdown_table({name: res}))
     elif args.command == 'table':
         from training.evaluate import markdown_table

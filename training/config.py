@@ -46,8 +46,18 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> dict:
         *parents, leaf = key.strip().split('.')
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _scalar(yaml.safe_load(value))
     return cfg
+
+
+def _scalar(value):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; a learning rate given that way is meant as a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def merge(base: dict, over: dict) -> dict:

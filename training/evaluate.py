@@ -133,7 +133,10 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
     import torch
     from tqdm.auto import tqdm
 
+    from training.grpo import placeholder_token_ids
+
     model = model.to(device).eval()
+    suppress = placeholder_token_ids(model)   # a completion never contains encoder placeholders
     out: list[str] = []
     starts = range(0, len(records), batch_size)
     for s in tqdm(starts, desc='generate', disable=not progress):
@@ -142,7 +145,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.no_grad():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=processor.tokenizer.pad_token_id)
+                                 pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress)
         out += processor.batch_decode(ids[:, batch['input_ids'].shape[1]:])
     return out
 

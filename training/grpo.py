@@ -77,6 +77,10 @@ class SceneGRPOTrainer(GRPOTrainer):
         enable_trl_fused_head(self.model)
         if self.ref_model is not None:
             enable_trl_fused_head(self.accelerator.unwrap_model(self.ref_model))
+        # Sampling at temperature 1 can draw a placeholder token (<scene>, <view>, <depth>) into a completion;
+        # the next forward would then try to splice more encoder outputs than there are, so never sample them.
+        gen = self.generation_config
+        gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(placeholder_token_ids(model)))
 
     # -- scene inputs --------------------------------------------------------------------------
     def scene_tensors(self, scene_ids: list[str]) -> dict[str, torch.Tensor]:
@@ -133,6 +137,14 @@ class SceneGRPOTrainer(GRPOTrainer):
             if compute_entropy:
                 entropies.append(out.entropy[:, -logits_to_keep:])
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+
+def placeholder_token_ids(model) -> list[int]:
+    """Ids of the tokens the processor expands for encoder outputs (never part of a completion)."""
+    base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    cfg = base.config
+    return [int(i) for i in (getattr(cfg, 'scene_token_id', None), getattr(cfg, 'view_token_id', None),
+                             getattr(cfg, 'depth_token_id', None)) if i is not None]
 
 
 def grpo_config(cfg: dict, output_dir: str | Path) -> GRPOConfig:

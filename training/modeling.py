@@ -43,6 +43,30 @@ def enable_trl_fused_head(model) -> None:
     object.__setattr__(base, base.base_model_prefix, _SceneBackbone(base))
 
 
+#: tiny-preset keys that resize its point encoder (how many scene tokens, neighbours per token, blocks)
+SCENE_ENCODER_KEYS = ('num_scene_tokens', 'point_knn', 'point_layers', 'point_hidden_size')
+
+
+def _tiny_with_scene_encoder(model_cfg: dict, scene: dict):
+    """The tiny preset (``r3d_ros.model.presets``) with a resized point encoder."""
+    import torch
+
+    from r3d_ros.model import R3DForConditionalGeneration, R3DProcessor
+    from r3d_ros.model.presets import tiny_config, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = tiny_config(tok, with_views=bool(model_cfg.get('with_views', False)),
+                      num_points=int(model_cfg.get('num_points', 1024)))
+    for k, v in scene.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(int(model_cfg.get('seed', 0)))
+    model = R3DForConditionalGeneration(cfg)
+    processor = R3DProcessor(tok, num_points=cfg.num_points, num_scene_tokens=cfg.num_scene_tokens,
+                             num_view_tokens=cfg.num_view_tokens, image_size=64,
+                             point_features=cfg.point_feature_dim)
+    return model, processor
+
+
 def load_model_and_processor(model_cfg: dict):
     """(model, processor) from the ``model:`` section of a training config.
 
@@ -63,9 +87,13 @@ def load_model_and_processor(model_cfg: dict):
         model, processor = build_from_local_paths(model_cfg['backbone'], model_cfg.get('vision_tower'),
                                                   **extra)
     elif model_cfg.get('preset') == 'tiny':
-        model, processor = build_tiny_model_and_processor(with_views=bool(model_cfg.get('with_views', False)),
-                                                          num_points=int(model_cfg.get('num_points', 1024)),
-                                                          seed=int(model_cfg.get('seed', 0)))
+        scene = {k: int(model_cfg[k]) for k in SCENE_ENCODER_KEYS if model_cfg.get(k) is not None}
+        if scene:
+            model, processor = _tiny_with_scene_encoder(model_cfg, scene)
+        else:
+            model, processor = build_tiny_model_and_processor(with_views=bool(model_cfg.get('with_views', False)),
+                                                              num_points=int(model_cfg.get('num_points', 1024)),
+                                                              seed=int(model_cfg.get('seed', 0)))
     else:
         raise ValueError(f"model: set 'path' (an R3D checkpoint), 'backbone' (a Qwen2-family LM directory) or "
                          f"'preset: tiny' (got {model_cfg})")
