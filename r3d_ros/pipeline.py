@@ -131,7 +131,10 @@ class ScenePipeline:
         model = R3DForConditionalGeneration.from_pretrained(str(path), dtype=dtype).to(device).eval()
         processor = R3DProcessor.from_pretrained(str(path))
         selector = None
-        if with_views and num_views > 0 and getattr(model.config, 'use_views', True):
+        # Views are selected even for a model without a view tower (the embedded tiny one): the robot's
+        # operator still sees which parts of the map were judged relevant; they are only fed to a model
+        # that was trained with them.
+        if with_views and num_views > 0:
             try:
                 from r3d_ros.views import ViewSelector, ViewSelectorConfig
             except ImportError:
@@ -180,8 +183,9 @@ class ScenePipeline:
         views_rgb = views_depth = None
         if self.selector is not None:
             selection = self.selector.select(points, colors, question, k=self.num_views)
-            views_rgb = [[v.rgb for v in selection.views]]
-            views_depth = [[v.depth for v in selection.views]]
+            if getattr(self.model.config, 'use_views', False):
+                views_rgb = [[v.rgb for v in selection.views]]
+                views_depth = [[v.depth for v in selection.views]]
             result.views = [{'index': int(v.index), 'pose': np.asarray(v.pose).tolist(),
                              'scores': {k: float(s) for k, s in v.scores.items()}} for v in selection.views]
         result.timings['view_selection_s'] = time.perf_counter() - t
