@@ -139,3 +139,48 @@ def test_bringup_starts_and_stops_its_graph(tmp_path):
         assert 'model load failed' in proc.output()
         assert not graph.dead()
     assert not proc.alive()
+
+
+@pytest.mark.ros
+def test_each_bad_request_is_an_error_and_the_node_keeps_answering(launch_node, ros_node):
+    """No map yet, a malformed map cloud, empty / oversized / malformed queries: each is an `error` result
+    with a reason, and a good question afterwards is still answered."""
+    import numpy as np
+    from sensor_msgs.msg import PointCloud2
+
+    from r3d_ros.nodes.common import MAP_QOS
+    from r3d_ros.nodes.conversions import to_pointcloud2
+    from r3d_ros.scenes.synthetic import generate_scene
+
+    node = launch_node('reasoner', params={'max_new_tokens': 8, 'max_query_chars': 300, 'num_views': 2})
+    answers = _answers(ros_node)
+    pub = ros_node.publisher('query', String)
+    maps = ros_node.publisher('scene_map/cloud', PointCloud2, MAP_QOS)
+    assert ros_node.wait_for_subscriber('query', timeout=60), node.output()
+
+    got = _ask(pub, {'id': 'nomap', 'question': 'Where is the table?'}, answers, timeout=60)
+    assert got['status'] == 'error' and 'no map' in got['message'], got
+
+    broken = to_pointcloud2(np.zeros((10, 3), np.float32))
+    broken.point_step = 7  # fields no longer fit the step: the codec must refuse it
+    maps.publish(broken)
+    time.sleep(1.0)
+    got = _ask(pub, {'id': 'badmap', 'question': 'Where is the table?'}, answers, timeout=60)
+    assert got['status'] == 'error' and 'no map' in got['message'], got  # the malformed cloud was ignored
+    assert 'malformed map cloud' in node.output()
+
+    scene = generate_scene(0, point_density=300.0)
+    maps.publish(to_pointcloud2(scene.points, scene.colors))
+    for qid, payload, reason in [('empty', {'id': 'empty', 'question': '   '}, 'empty question'),
+                                 ('huge', {'id': 'huge', 'question': 'why ' * 200}, 'limit'),
+                                 ('nojson', '{"id": "nojson", "question": ', 'malformed')]:
+        match = _by_id(qid) if isinstance(payload, dict) else (lambda m: 'malformed' in m.data)
+        got = _ask(pub, payload, answers, match=match)
+        assert got['status'] == 'error' and reason in got['message'], (qid, got)
+    for attempt in range(30):  # the map may reach the node a moment after the publisher matched
+        got = _ask(pub, {'id': f'good{attempt}', 'question': 'Where is the table?'}, answers, timeout=120)
+        if 'no map' not in got['message']:
+            break
+        time.sleep(1.0)
+    assert got['status'] in ('ok', 'invalid_plan'), got
+    assert node.alive()

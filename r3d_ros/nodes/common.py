@@ -1,10 +1,14 @@
-"""Helpers every r3d_ros node shares: parameter descriptors and the lifecycle-node main loop."""
+"""Helpers every r3d_ros node shares: parameter descriptors, the map QoS and the lifecycle-node main loop."""
 
 from __future__ import annotations
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+# The scene map is state, not a stream: reliable, and kept for late joiners (a reasoner started after the map).
+MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def describe(text: str, ints: tuple[int, int] | None = None, floats: tuple[float, float] | None = None,

@@ -30,9 +30,10 @@ class _Client:
     def __init__(self):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import PointCloud2
         from std_msgs.msg import String
+
+        from r3d_ros.nodes.common import MAP_QOS
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
@@ -41,8 +42,7 @@ class _Client:
         self.map_msg = None
         self.answers: dict[str, dict] = {}
         self.cond = threading.Condition()
-        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(PointCloud2, 'scene_map/cloud', self._on_map, qos)
+        self.node.create_subscription(PointCloud2, 'scene_map/cloud', self._on_map, MAP_QOS)
         self.node.create_subscription(String, 'answer', self._on_answer, 10)
         self.query_pub = self.node.create_publisher(String, 'query', 10)
         self.String = String

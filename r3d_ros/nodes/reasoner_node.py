@@ -32,12 +32,11 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from r3d_ros.nodes.common import describe, run_lifecycle_node
+from r3d_ros.nodes.common import MAP_QOS, describe, run_lifecycle_node
 from r3d_ros.nodes.conversions import matrix_to_pose
 from r3d_ros.pipeline import (
     STATUS_BUSY,
@@ -53,7 +52,6 @@ from r3d_ros.pipeline import (
 from r3d_ros.pointcloud import PointCloudError, xyz_rgb_from_cloud
 
 ANSWER_DEPTH = 100
-MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def parse_query(text: str) -> dict:

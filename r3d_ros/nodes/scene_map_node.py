@@ -34,16 +34,14 @@ from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import PointCloud2
 from std_srvs.srv import Trigger
 
 from r3d_ros.mapping import PoseBuffer, VoxelMap
-from r3d_ros.nodes.common import describe, run_lifecycle_node
+from r3d_ros.nodes.common import MAP_QOS, describe, run_lifecycle_node
 from r3d_ros.nodes.conversions import pose_to_matrix, stamp_to_sec, to_pointcloud2
 from r3d_ros.pointcloud import PointCloudError, xyz_rgb_from_cloud
-
-MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class SceneMapNode(LifecycleNode):
