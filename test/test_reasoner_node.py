@@ -87,17 +87,39 @@ def test_plan_without_known_objects_is_rejected():
     assert not validate_plan([PlanStep('navigate_to', 'table_1', (1, 1, 0))], {}, BOUNDS).ok
 
 
+def _call_name(node) -> str | None:
+    func = getattr(node, 'func', None)
+    return getattr(func, 'id', None) or getattr(func, 'attr', None)
+
+
 def _launch_nodes(path: Path) -> list[dict]:
-    """Node(...) calls of a launch file: executable, parameter files and remappings, read from the AST."""
+    """Node(...) calls of a launch file, in order, following IncludeLaunchDescription of this package's other
+    launch files: executable, parameter files, remappings and the launch arguments used / declared (AST only:
+    `launch` cannot be installed here)."""
+    tree = ast.parse(path.read_text())
+    declared = {c.args[0].value for c in ast.walk(tree) if _call_name(c) == 'DeclareLaunchArgument'}
     nodes = []
-    for call in ast.walk(ast.parse(path.read_text())):
-        if isinstance(call, ast.Call) and getattr(call.func, 'id', None) == 'Node':
-            kw = {k.arg: k.value for k in call.keywords}
-            params = [a.args[-1].value for a in ast.walk(kw['parameters'])
-                      if isinstance(a, ast.Call) and a.args and isinstance(a.args[-1], ast.Constant)]
-            remaps = [ast.literal_eval(r) for r in kw['remappings'].elts] if 'remappings' in kw else []
-            nodes.append({'package': kw['package'].value, 'executable': kw['executable'].value,
-                          'params': params, 'remappings': remaps})
+    for call in (c for c in ast.walk(tree) if isinstance(c, ast.Call)):
+        if _call_name(call) == 'IncludeLaunchDescription':
+            files = [a.value for a in ast.walk(call) if isinstance(a, ast.Constant) and str(a.value).endswith('.py')]
+            assert len(files) == 1, f'{path.name}: cannot tell which launch file is included'
+            included = path.parent / files[0]
+            assert included.exists(), f'{path.name} includes missing launch/{files[0]}'
+            passed = {k.value for d in ast.walk(call) if isinstance(d, ast.Dict) for k in d.keys}
+            takes = {c.args[0].value for c in ast.walk(ast.parse(included.read_text()))
+                     if _call_name(c) == 'DeclareLaunchArgument'}
+            assert passed <= takes, f'{path.name} passes {passed - takes} that {files[0]} does not declare'
+            nodes += _launch_nodes(included)
+        if _call_name(call) != 'Node':
+            continue
+        kw = {k.arg: k.value for k in call.keywords}
+        params = [a.args[-1].value for a in ast.walk(kw['parameters'])
+                  if _call_name(a) == 'join' and isinstance(a.args[-1], ast.Constant)]
+        remaps = [tuple(ast.unparse(v) if not isinstance(v, ast.Constant) else v.value for v in r.elts)
+                  for r in kw['remappings'].elts] if 'remappings' in kw else []
+        used = {c.args[0].value for c in ast.walk(call) if _call_name(c) == 'LaunchConfiguration'}
+        nodes.append({'package': kw['package'].value, 'executable': kw['executable'].value, 'params': params,
+                      'remappings': remaps, 'undeclared': used - declared, 'file': path.name})
     return nodes
 
 
@@ -120,18 +142,25 @@ def test_launch_files_name_real_executables_and_configs_and_match_bringup(launch
             assert (ROOT / 'config' / p).exists(), f'{launch_file} names missing config/{p}'
         for src, dst in node['remappings']:
             assert src and dst
+        assert not node['undeclared'], f"{node['file']} uses undeclared launch arguments {node['undeclared']}"
     bringup = yaml.safe_load((ROOT / 'config' / 'bringup.yaml').read_text())[graph]
     assert [(n['executable'], n['params']) for n in nodes] == [(b['executable'], [b['params']]) for b in bringup]
 
 
 @pytest.mark.ros
-def test_bringup_starts_and_stops_its_graph(tmp_path):
-    from r3d_ros.nodes.bringup import Bringup
+@pytest.mark.ros
+def test_bringup_starts_and_stops_its_graph_with_params_and_remaps(tmp_path, ros_node):
+    import os
 
+    from r3d_ros.nodes.bringup import Bringup, parse_overrides
+
+    assert parse_overrides(['scene_map.points:=/cam/points'], ':=') == {'scene_map': {'points': '/cam/points'}}
     graph_file = tmp_path / 'graph.yaml'
     graph_file.write_text(yaml.safe_dump({'only_reasoner': [{'executable': 'reasoner', 'params': 'reasoner.yaml'}]}))
     with Bringup('only_reasoner', graph_file=graph_file, log_dir=str(tmp_path),
+                 domain_id=int(os.environ['ROS_DOMAIN_ID']), remaps={'reasoner': {'query': 'ask_r3d'}},
                  overrides={'reasoner': {'model_path': str(tmp_path / 'none')}}) as graph:
+        assert ros_node.wait_for_subscriber('ask_r3d', timeout=30), graph.processes['reasoner'].output()
         proc = graph.processes['reasoner']
         deadline = time.monotonic() + 30
         while 'model load failed' not in proc.output() and time.monotonic() < deadline:

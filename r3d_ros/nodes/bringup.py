@@ -6,6 +6,7 @@ on Ctrl-C or when one of them dies (``--keep-going`` leaves the others running).
 
     r3d-bringup --graph sim_demo                     # sim_sensor + scene_map + reasoner
     r3d-bringup --graph r3d -p reasoner.device=cuda   # map + reasoner on a live robot's `points`
+    r3d-bringup --graph r3d -r scene_map.points:=/camera/depth/points -p scene_map.use_sim_time=true
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Bringup:
 
     def __init__(self, graph: str = 'sim_demo', domain_id: int | None = None,
                  overrides: dict[str, dict[str, object]] | None = None, log_dir: str | None = None,
-                 env: dict | None = None, graph_file: str | Path | None = None):
+                 env: dict | None = None, graph_file: str | Path | None = None,
+                 remaps: dict[str, dict[str, str]] | None = None):
         self.nodes = load_graph(graph, graph_file)
         self._lease = None
         if domain_id is None:
@@ -46,6 +48,7 @@ class Bringup:
         self.domain_id = domain_id
         self.env = loopback_env(domain_id, base={**os.environ, **(env or {})})
         self.overrides = overrides or {}
+        self.remaps = remaps or {}
         self.log_dir = log_dir
         self.processes: dict[str, ManagedProcess] = {}
 
@@ -55,6 +58,8 @@ class Bringup:
             argv = [find_executable(exe), '--ros-args', '--params-file', str(config_path(spec['params']))]
             for key, value in self.overrides.get(exe, {}).items():
                 argv += ['-p', f'{key}:={value}']
+            for src, dst in self.remaps.get(exe, {}).items():
+                argv += ['-r', f'{src}:={dst}']
             self.processes[exe] = ManagedProcess(argv, env=self.env, name=exe, log_dir=self.log_dir)
         return self
 
@@ -74,13 +79,15 @@ class Bringup:
         self.stop()
 
 
-def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+def parse_overrides(items: list[str], sep_token: str = '=',
+                    what: str = 'NODE.PARAM=VALUE') -> dict[str, dict[str, str]]:
+    """['node.key=value', ...] -> {'node': {'key': 'value'}} (``sep_token`` ':=' for remappings)."""
     out: dict[str, dict[str, str]] = {}
     for item in items:
-        key, sep, value = item.partition('=')
+        key, sep, value = item.partition(sep_token)
         node, dot, param = key.partition('.')
         if not sep or not dot:
-            raise SystemExit(f'bad override {item!r}: expected NODE.PARAM=VALUE')
+            raise SystemExit(f'bad argument {item!r}: expected {what}')
         out.setdefault(node, {})[param] = value
     return out
 
@@ -91,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument('--graph-file', help='another bringup YAML')
     ap.add_argument('--domain-id', type=int, help='ROS_DOMAIN_ID (default: a free one, leased)')
     ap.add_argument('-p', '--param', action='append', default=[], metavar='NODE.PARAM=VALUE')
+    ap.add_argument('-r', '--remap', action='append', default=[], metavar='NODE.FROM:=TO',
+                    help="topic remapping for one node, e.g. scene_map.points:=/camera/depth/points")
     ap.add_argument('--log-dir', help='where node logs go (default: a temporary folder)')
     ap.add_argument('--keep-going', action='store_true', help='keep the graph up when a node dies')
     args = ap.parse_args(argv)
@@ -103,7 +112,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     with Bringup(args.graph, args.domain_id, parse_overrides(args.param), args.log_dir,
-                 graph_file=args.graph_file) as graph:
+                 graph_file=args.graph_file, remaps=parse_overrides(args.remap, ':=', 'NODE.FROM:=TO')) as graph:
         names = ', '.join(graph.processes)
         print(f'r3d-bringup: {names} on ROS_DOMAIN_ID={graph.domain_id} (loopback only); '
               f'logs in {next(iter(graph.processes.values())).log_path.parent}', flush=True)
