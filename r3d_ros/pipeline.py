@@ -186,7 +186,8 @@ class ScenePipeline:
             if getattr(self.model.config, 'use_views', False):
                 views_rgb = [[v.rgb for v in selection.views]]
                 views_depth = [[v.depth for v in selection.views]]
-            result.views = [{'index': int(v.index), 'pose': np.asarray(v.pose).tolist(),
+            result.views = [{'index': int(v.index), 'kind': selection.kinds[v.index],
+                             'hfov_deg': selection.intrinsics.hfov_deg, 'pose': np.asarray(v.pose).tolist(),
                              'scores': {k: float(s) for k, s in v.scores.items()}} for v in selection.views]
         result.timings['view_selection_s'] = time.perf_counter() - t
         if stop_event is not None and stop_event.is_set():

@@ -74,6 +74,7 @@ def test_questions_in_answers_groundings_and_plans_out(graph, ros_node):
     answers = ros_node.listen('answer', String)
     markers = ros_node.listen('grounding', MarkerArray)
     views = ros_node.listen('selected_views', PoseArray)
+    frustums = ros_node.listen('selected_views/frustums', MarkerArray)
     plans = ros_node.listen('plan', String)
     pub = ros_node.publisher('query', String)
     questions = {'g1': 'Where is the table?', 'p1': 'Bring the box to the table.', 'c1': 'How many chairs are there?'}
@@ -92,6 +93,10 @@ def test_questions_in_answers_groundings_and_plans_out(graph, ros_node):
         assert frames <= {'map'}
     assert len(views.messages) >= (len(questions) if VIEWS else 0) and all(len(v.poses) == VIEWS
                                                                             for v in views.messages)
+    for msg in frustums.messages:  # one cleared set of frustum line lists per answer, 8 segments per view
+        assert msg.markers[0].action == Marker.DELETEALL and len(msg.markers) == VIEWS + 1
+        assert all(m.type == Marker.LINE_LIST and len(m.points) == 16 for m in msg.markers[1:])
+    assert len(frustums.messages) >= (len(questions) if VIEWS else 0)
     # plans reach `plan` only when they passed validation
     for msg in plans.messages:
         plan = json.loads(msg.data)

@@ -13,7 +13,7 @@ Subscribes: ``scene_map/cloud`` (reliable, transient-local), ``query`` (std_msgs
 JSON ``{"id", "question", "task"}``), ``cancel``.
 Publishes: ``answer`` (JSON result), ``answer_text``, ``answer_stream`` (token pieces while decoding),
 ``grounding`` (MarkerArray, cleared first), ``plan`` (validated steps, JSON), ``plan_path`` (Path),
-``selected_views`` (PoseArray), ``diagnostics``.
+``selected_views`` (PoseArray) and ``selected_views/frustums`` (MarkerArray), ``diagnostics``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 import uuid
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseArray, PoseStamped
+from geometry_msgs.msg import Point, PoseArray, PoseStamped
 from nav_msgs.msg import Path as PathMsg
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -120,6 +120,7 @@ class ReasonerNode(LifecycleNode):
             'plan': self.create_lifecycle_publisher(String, 'plan', 10),
             'plan_path': self.create_lifecycle_publisher(PathMsg, 'plan_path', 10),
             'selected_views': self.create_lifecycle_publisher(PoseArray, 'selected_views', 10),
+            'view_frustums': self.create_lifecycle_publisher(MarkerArray, 'selected_views/frustums', 10),
             'diagnostics': self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10),
         }
         self._queue = queue.Queue(maxsize=p('queue_size'))
@@ -272,6 +273,7 @@ class ReasonerNode(LifecycleNode):
             poses.header.frame_id, poses.header.stamp = frame, stamp
             poses.poses = [matrix_to_pose(np.asarray(v['pose'])) for v in result.views]
             self._pubs['selected_views'].publish(poses)
+            self._pubs['view_frustums'].publish(_frustum_markers(result.views, frame, stamp))
         # plan steps go out only when the pipeline validated them (status ok); invalid plans never do
         if result.plan and result.status == STATUS_OK:
             self._pubs['plan'].publish(String(data=json.dumps({'id': result.id, 'steps': payload['plan']})))
@@ -313,6 +315,22 @@ class ReasonerNode(LifecycleNode):
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pubs['diagnostics'].publish(msg)
+
+
+def _frustum_markers(views: list[dict], frame: str, stamp) -> MarkerArray:
+    """One LINE_LIST per selected view drawing its camera frustum (RViz), after clearing the last set."""
+    from r3d_ros.views import Intrinsics, frustum_segments
+
+    out = MarkerArray(markers=[Marker(action=Marker.DELETEALL, ns='r3d_views')])
+    for i, view in enumerate(views):
+        m = Marker(ns='r3d_views', id=i, type=Marker.LINE_LIST, action=Marker.ADD)
+        m.header.frame_id, m.header.stamp = frame, stamp
+        m.scale.x = 0.02
+        m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 0.6, 0.1, 0.9
+        segments = frustum_segments(np.asarray(view['pose']), Intrinsics(hfov_deg=view.get('hfov_deg', 90.0)))
+        m.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for seg in segments for p in seg]
+        out.markers.append(m)
+    return out
 
 
 def _box_markers(box, i: int, frame: str, stamp) -> list[Marker]:

@@ -1,0 +1,141 @@
+"""Dynamic view selection: the renderer against hand projection, occlusion, batching; the learnable weights
+receive gradient; and on held-out synthetic scenes the selected views show the object a question names more
+often than evenly spaced ring views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from r3d_ros.scenes.sensor_sim import look_at
+from r3d_ros.scenes.synthetic import generate_scene
+from r3d_ros.views import Intrinsics, ViewSelector, ViewSelectorConfig, frustum_segments, render_points, ring_poses
+from r3d_ros.views.train_aligner import TRAIN_SEED0, object_questions, visible_objects
+
+EYE = torch.from_numpy(look_at((0.0, 0.0, 0.0), (1.0, 0.0, 0.0)))[None]  # at the origin, looking along +x
+
+
+def _render(points, colors, poses=EYE, size=224, radius=0, ids=None):
+    return render_points(torch.as_tensor(points, dtype=torch.float32), torch.as_tensor(colors, dtype=torch.uint8),
+                         torch.as_tensor(poses), Intrinsics(size, size, 90.0), point_radius=radius,
+                         ids=None if ids is None else torch.as_tensor(ids))
+
+
+def test_a_known_point_lands_on_its_known_pixel():
+    # 90 deg FOV at 224 px: fx = 112. (2, 0.5, 0.25): u = 112 - 112 * 0.5 / 2 = 84, v = 112 - 112 * 0.25 / 2 = 98
+    r = _render([[2.0, 0.5, 0.25]], [[200, 10, 30]])
+    hit = torch.nonzero(r.index[0] >= 0).tolist()
+    assert hit == [[98, 84]]
+    assert r.rgb[0, 98, 84].tolist() == [200, 10, 30]
+    assert r.depth[0, 98, 84].item() == pytest.approx(2.0)
+    # a splat of radius 1 covers the 3 x 3 block around it
+    r1 = _render([[2.0, 0.5, 0.25]], [[200, 10, 30]], radius=1)
+    assert set(map(tuple, torch.nonzero(r1.index[0] >= 0).tolist())) == {(98 + a, 84 + b) for a in (-1, 0, 1)
+                                                                           for b in (-1, 0, 1)}
+
+
+def test_an_occluded_point_is_hidden():
+    pts = [[3.0, 0.0, 0.0], [1.5, 0.0, 0.0], [-2.0, 0.0, 0.0]]  # far, near (same ray), behind the camera
+    r = _render(pts, [[255, 0, 0], [0, 255, 0], [0, 0, 255]], radius=2)
+    assert r.index[0, 112, 112].item() == 1 and r.rgb[0, 112, 112].tolist() == [0, 255, 0]
+    assert r.depth[0, 112, 112].item() == pytest.approx(1.5)
+    assert not (r.index == 0).any() and not (r.index == 2).any()
+
+
+def test_matches_an_independent_per_point_projection_and_batching_changes_nothing():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([-3, -3, 0], [3, 3, 2.5], size=(3000, 3)).astype(np.float32)
+    cols = rng.integers(0, 256, size=(3000, 3), dtype=np.uint8)
+    poses = np.stack([look_at((-4.0, 0.5, 1.5), (0, 0, 1)), look_at((0.3, -4.5, 2.0), (0, 0, 0.5))])
+    size, f = 96, 48.0
+    batched = _render(pts, cols, poses, size=size)
+    for v, pose in enumerate(poses):
+        # by hand: world -> camera with the inverse pose, pinhole with x forward, y left, z up
+        local = (np.linalg.inv(pose) @ np.c_[pts, np.ones(len(pts))].T).T[:, :3]
+        zbuf = np.zeros((size, size))
+        for (x, y, z) in local:
+            if x <= 0.05:
+                continue
+            u, w = int(np.floor(size / 2 - f * y / x)), int(np.floor(size / 2 - f * z / x))
+            if 0 <= u < size and 0 <= w < size and (zbuf[w, u] == 0 or x < zbuf[w, u]):
+                zbuf[w, u] = x
+        np.testing.assert_allclose(batched.depth[v].numpy(), zbuf, atol=1e-4)
+        single = _render(pts, cols, poses[v:v + 1], size=size)
+        assert torch.equal(single.index[0], batched.index[v])
+    chunked = render_points(torch.from_numpy(pts), torch.from_numpy(cols), torch.from_numpy(poses),
+                            Intrinsics(size, size), point_radius=0, max_splats=100)  # one view per chunk
+    assert torch.equal(chunked.index, batched.index)
+
+
+def test_frustum_segments_start_at_the_camera():
+    pose = look_at((1.0, 2.0, 1.5), (3.0, 2.0, 1.0))
+    segs = frustum_segments(pose, Intrinsics(), depth=0.5)
+    assert segs.shape == (8, 2, 3)
+    np.testing.assert_allclose(segs[:4, 0], np.tile(pose[:3, 3], (4, 1)))
+    # every corner lies 0.5 m along the optical axis
+    np.testing.assert_allclose((segs[:4, 1] - pose[:3, 3]) @ pose[:3, 0], 0.5, atol=1e-9)
+
+
+@pytest.fixture(scope='module')
+def selector():
+    return ViewSelector(ViewSelectorConfig(image_size=64, score_size=64), device='cpu')
+
+
+def test_select_returns_k_views_with_poses_images_and_score_breakdown(selector):
+    scene = generate_scene(7, point_density=250.0)
+    sel = selector.select(scene.points, scene.colors, 'Where is the chair?', k=6)
+    assert len(sel.views) == 6 and len({v.index for v in sel.views}) == 6
+    assert len(sel.candidates) == 32 and set(sel.kinds) == {'ring', 'top', 'region'}
+    for v in sel.views:
+        assert v.pose.shape == (4, 4) and v.rgb.shape == (64, 64, 3) and v.rgb.dtype == np.uint8
+        assert v.depth.shape == (64, 64) and (v.depth > 0).mean() > 0.2
+        assert set(v.scores) == {'text', 'coverage', 'clip', 'total'}
+    # greedy: the first pick is the best candidate under U; later picks trade score for new coverage
+    assert sel.views[0].index == int(np.argmax(sel.scores['total']))
+    assert sel.views[0].scores['total'] == pytest.approx(float(sel.scores['total'].max()), abs=1e-5)
+
+
+def test_soft_selection_sends_the_task_gradient_into_the_weights(selector):
+    scene = generate_scene(8, point_density=250.0)
+    scored = selector.score(scene.points, scene.colors, 'How far is the bed from the sofa?')
+    probs = selector.soft_select(scored)
+    assert probs.shape == (len(scored['poses']),) and probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+    # a stand-in task loss over the softly selected views (any differentiable use of the weights works)
+    target = torch.zeros_like(probs)
+    target[int(torch.argmin(probs.detach()))] = 1.0
+    loss = -(probs * target).sum() + selector.weights.regularizer()
+    selector.weights.zero_grad()
+    loss.backward()
+    grads = [selector.weights.w_text.grad, selector.weights.mix_logit.grad]
+    assert all(g is not None and torch.isfinite(g) and g.abs() > 0 for g in grads)
+
+
+def test_selected_views_show_the_named_object_more_often_than_evenly_spaced_ring_views(selector):
+    """50 held-out scenes (seeds far from the aligner's training seeds), a fifth of their object-naming questions.
+
+    "Shows the object" = the object owns at least 100 of the 64 x 64 pixels (2.4 %) of a view, unoccluded: a
+    named object a few pixels wide is in view only nominally (6 evenly spaced ring views catch ~88 % of
+    objects at 40 px but ~65 % at 100 px)."""
+    k, min_pixels, hits_sel, hits_ring, n = 6, 100, 0, 0, 0
+    intr = Intrinsics(64, 64)
+    for seed in range(1000, 1050):
+        assert seed < TRAIN_SEED0
+        scene = generate_scene(seed, point_density=250.0)
+        pts, ids = torch.from_numpy(scene.points), torch.from_numpy(scene.instance.astype(np.int64))
+        ring = ring_poses(scene.points, per_ring=k, heights=(1.3,), radii=(0.85,))  # k evenly spaced views
+        ring_seen = visible_objects(render_points(pts, torch.from_numpy(scene.colors), torch.from_numpy(ring), intr,
+                                                  ids=ids).ids, min_pixels)
+        for question, objs in object_questions(scene, seed)[::5]:
+            sel = selector.select(scene.points, scene.colors, question, k=k)
+            poses = torch.from_numpy(np.stack([v.pose for v in sel.views]))
+            sel_seen = visible_objects(render_points(pts, torch.from_numpy(scene.colors), poses, intr, ids=ids).ids,
+                                       min_pixels)
+            hits_sel += any(o in s for s in sel_seen for o in objs)
+            hits_ring += any(o in s for s in ring_seen for o in objs)
+            n += 1
+    rate_sel, rate_ring = hits_sel / n, hits_ring / n
+    print(f'\nnamed object visible in the top-{k} views: selected {rate_sel:.1%}, evenly spaced ring {rate_ring:.1%}'
+          f' ({n} questions, 50 held-out scenes)')
+    assert n >= 100
+    assert rate_sel > rate_ring + 0.05, (rate_sel, rate_ring)
