@@ -35,6 +35,12 @@ def _no_model_reason() -> str:
     return ''
 
 
+def _trained_model() -> bool:
+    from r3d_ros.pipeline import default_model_path
+
+    return not default_model_path().name.endswith('untrained')
+
+
 def _views_available() -> bool:
     try:
         import r3d_ros.views  # noqa: F401
@@ -54,7 +60,7 @@ def graph(launch_node, ros_node):
     sim = launch_node('sim_sensor', params_file=CONFIG / 'sim_sensor.yaml')
     mapper = launch_node('scene_map', params_file=CONFIG / 'scene_map.yaml')
     reasoner = launch_node('reasoner', params_file=CONFIG / 'reasoner.yaml',
-                           params={'max_new_tokens': 160, 'queue_size': 1})
+                           params={'queue_size': 1})
     from sensor_msgs.msg import PointCloud2
 
     cloud = ros_node.wait_for_message('scene_map/cloud', PointCloud2, timeout=90,
@@ -97,6 +103,9 @@ def test_questions_in_answers_groundings_and_plans_out(graph, ros_node):
         assert msg.markers[0].action == Marker.DELETEALL and len(msg.markers) == VIEWS + 1
         assert all(m.type == Marker.LINE_LIST and len(m.points) == 16 for m in msg.markers[1:])
     assert len(frustums.messages) >= (len(questions) if VIEWS else 0)
+    if _trained_model():  # a trained model grounds the object it is asked to locate: a box and its cube marker
+        assert results['g1']['boxes'], results['g1']
+        assert any(m.type == Marker.CUBE for msg in markers.messages for m in msg.markers)
     # plans reach `plan` only when they passed validation
     for msg in plans.messages:
         plan = json.loads(msg.data)

@@ -78,7 +78,7 @@ class ReasonerNode(LifecycleNode):
         self.declare_parameter('device', 'auto', describe("'auto' (GPU when present), 'cpu' or 'cuda[:N]'",
                                                        read_only=True))
         self.declare_parameter('num_views', 6, describe('Views selected per question (paper: 6)', ints=(0, 32)))
-        self.declare_parameter('max_new_tokens', 256, describe('Decoding budget per answer', ints=(8, 4096)))
+        self.declare_parameter('max_new_tokens', 512, describe('Decoding budget per answer', ints=(8, 4096)))
         self.declare_parameter('queue_size', 4, describe('Queries waiting for the model before "busy"',
                                                       ints=(1, 256), read_only=True))
         self.declare_parameter('max_query_chars', 2000, describe('Longer questions are refused', ints=(1, 100_000)))
