@@ -52,7 +52,8 @@ class ViewSelectorConfig:
     w_coverage: float = 0.5                # w_clip = 1 - w_coverage
     text_encoder: str = ''                 # aligner checkpoint folder; '' = the embedded one
     clip_path: str = ''                    # CLIP/SigLIP folder for S_clip; '' = no CLIP term
-    max_points: int = 200_000              # the map is subsampled beyond this for rendering
+    max_points: int = 400_000              # the map is thinned beyond this for the output views
+    score_points: int = 40_000             # ... and beyond this for the small scoring renders (64 px hold 4k pixels)
 
 
 class ViewScoreWeights(nn.Module):
@@ -130,6 +131,14 @@ class ViewSelection:
     scores: dict[str, np.ndarray]    # per-candidate normalised scores: text, coverage (alone), clip, total
 
 
+def _thin(points: np.ndarray, colors: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every n-th point so that at most ``limit`` remain (deterministic: the same map gives the same views)."""
+    if len(points) <= limit:
+        return points, colors
+    step = int(np.ceil(len(points) / limit))
+    return points[::step], colors[::step]
+
+
 def _share(gain: torch.Tensor) -> torch.Tensor:
     """Coverage gains as a share of the best candidate's (0 when no candidate adds anything)."""
     best = gain.max()
@@ -184,9 +193,8 @@ class ViewSelector:
     def score(self, points: np.ndarray, colors: np.ndarray, question: str) -> dict:
         """Every candidate rendered small and scored; the pieces both selection modes need."""
         c = self.config
-        if len(points) > c.max_points:  # evenly thinned, deterministic
-            step = int(np.ceil(len(points) / c.max_points))
-            points, colors = points[::step], colors[::step]
+        full_points, full_colors = _thin(points, colors, c.max_points)
+        points, colors = _thin(points, colors, c.score_points)
         points_t = torch.as_tensor(np.ascontiguousarray(points, np.float32), device=self.device)
         colors_t = torch.as_tensor(np.ascontiguousarray(colors, np.uint8), device=self.device)
         with torch.no_grad():
@@ -210,7 +218,9 @@ class ViewSelector:
         with torch.no_grad():
             text = self.aligner.embed_images(self.aligner.image_inputs(r.rgb, r.depth)) @ q
             clip = self.clip(r.rgb, question).to(self.device) if self.clip is not None else torch.zeros_like(text)
-        return {'poses': poses, 'kinds': kinds, 'points_t': points_t, 'colors_t': colors_t, 'seen': seen,
+        return {'poses': poses, 'kinds': kinds, 'seen': seen,
+                'full_points': torch.as_tensor(np.ascontiguousarray(full_points, np.float32), device=self.device),
+                'full_colors': torch.as_tensor(np.ascontiguousarray(full_colors, np.uint8), device=self.device),
                 'vox_weight': vox_weight, 'text': _normalise(text), 'clip': _normalise(clip) if self.clip else clip}
 
     def soft_select(self, scored: dict, temperature: float = 0.1) -> torch.Tensor:
@@ -238,7 +248,7 @@ class ViewSelector:
             rows.append({'text': float(s['text'][best]), 'coverage': float(gain[best]), 'clip': float(s['clip'][best]),
                          'total': float(total[best])})
             covered = torch.maximum(covered, seen[best])
-        full = self._render(s['points_t'], s['colors_t'], s['poses'][chosen], self.out_intrinsics)
+        full = self._render(s['full_points'], s['full_colors'], s['poses'][chosen], self.out_intrinsics)
         views = [SelectedView(index=i, pose=s['poses'][i], rgb=full.rgb[j].cpu().numpy(),
                               depth=full.depth[j].cpu().numpy(), scores=rows[j]) for j, i in enumerate(chosen)]
         total_all = self.weights(s['text'], base_cov, s['clip'])
