@@ -1,9 +1,11 @@
 """Point splatting with a z-buffer, in pure torch, batched over views (CPU or CUDA, whatever the tensors are on).
 
 Every point is projected into every view; a point of radius ``point_radius`` pixels covers a
-(2r+1) x (2r+1) square. The z-buffer is a ``scatter_reduce(amin)`` of depths into one flat buffer holding all
-views' pixels; a second scatter (``amax`` of the point index among the splats at the winning depth) picks
-which point owns each pixel, so colour, depth and any per-point id come from one front-most point.
+(2r+1) x (2r+1) square. The z-buffer is one ``scatter_reduce(amin)`` over a flat buffer holding all views'
+pixels, of packed int64 keys ``depth_bits << 32 | point_index``: the bit pattern of a positive float32 orders
+like the float, so the minimum key is the nearest point *and* names it. Colour, depth and any per-point id
+then come from that one front-most point, with no second pass. Points outside an image go to spare slots
+past the end of the buffer instead of being masked out (compaction costs more than it saves).
 Views are processed in chunks so that memory stays bounded for big maps.
 """
 
@@ -14,6 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from r3d_ros.views.cameras import Intrinsics
+
+_EMPTY = torch.iinfo(torch.int64).max
+_INDEX_BITS = 32  # maps of up to 4 G points
 
 
 @dataclass
@@ -26,7 +31,7 @@ class Render:
 
 def render_points(points: torch.Tensor, colors: torch.Tensor, poses: torch.Tensor, intrinsics: Intrinsics,
                   point_radius: int = 1, ids: torch.Tensor | None = None, near: float = 0.05,
-                  max_splats: int = 24_000_000) -> Render:
+                  max_splats: int = 16_000_000) -> Render:
     """Render ``points`` (N,3) with ``colors`` (N,3) uint8 from camera-to-map ``poses`` (V,4,4).
 
     ``ids`` (N,) int64, optional, is rendered like colour (e.g. instance or voxel ids, for visibility).
@@ -38,45 +43,41 @@ def render_points(points: torch.Tensor, colors: torch.Tensor, poses: torch.Tenso
     n_views, n_points = poses.shape[0], points.shape[0]
     h, w = intrinsics.height, intrinsics.width
     offsets = torch.arange(-point_radius, point_radius + 1, device=device)
-    du, dv = torch.meshgrid(offsets, offsets, indexing='xy')
-    du, dv = du.reshape(-1), dv.reshape(-1)
-    per_view = max(1, n_points * du.numel())
-    chunk = max(1, min(n_views, max_splats // per_view))
-    depth_out = torch.zeros(n_views, h, w, device=device)
-    index_out = torch.full((n_views, h, w), -1, dtype=torch.long, device=device)
-    for start in range(0, n_views, chunk):
-        sl = slice(start, min(start + chunk, n_views))
-        depth, index = _render_chunk(points, poses[sl], intrinsics, du, dv, near)
-        depth_out[sl], index_out[sl] = depth, index
-    hit = index_out >= 0
-    safe = index_out.clamp(min=0)
+    dv, du = torch.meshgrid(offsets, offsets, indexing='ij')
+    splat = (dv * (w + 4 * point_radius) + du).reshape(-1)   # flat offsets of one splat in the padded image
+    chunk = max(1, min(n_views, max_splats // max(1, n_points * splat.numel())))
+    keys = torch.cat([_render_chunk(points, poses[s:s + chunk], intrinsics, point_radius, splat, near)
+                      for s in range(0, n_views, chunk)]).view(n_views, h, w)
+    hit = keys != _EMPTY
+    index = torch.where(hit, keys & ((1 << _INDEX_BITS) - 1), -1)
+    depth = torch.where(hit, keys >> _INDEX_BITS, 0).to(torch.int32).view(torch.float32)
+    safe = index.clamp(min=0)
     rgb = colors.to(device)[safe] * hit[..., None]
-    out_ids = torch.where(hit, ids.to(device)[safe], torch.full_like(safe, -1)) if ids is not None else None
-    return Render(rgb=rgb.to(torch.uint8), depth=depth_out, index=index_out, ids=out_ids)
+    out_ids = torch.where(hit, ids.to(device)[safe], -1) if ids is not None else None
+    return Render(rgb=rgb.to(torch.uint8), depth=depth, index=index, ids=out_ids)
 
 
-def _render_chunk(points, poses, intrinsics: Intrinsics, du, dv, near):
+def _render_chunk(points, poses, intrinsics: Intrinsics, radius: int, splat, near) -> torch.Tensor:
+    """Packed z-buffer keys (V*H*W,) of one chunk of views."""
     v, n = poses.shape[0], points.shape[0]
     h, w = intrinsics.height, intrinsics.width
     rot, trans = poses[:, :3, :3], poses[:, :3, 3]
-    local = torch.einsum('vji,vnj->vni', rot, points[None] - trans[:, None])   # R^T (p - t)
+    local = points @ rot - (trans[:, None] @ rot)          # (V, N, 3) = R^T (p - t)
     x, y, z = local.unbind(-1)
     in_front = x > near
-    inv = 1.0 / torch.where(in_front, x, torch.ones_like(x))
+    inv = 1.0 / torch.where(in_front, x, 1.0)
     # x forward, y left, z up  ->  image right = -y, image down = -z
-    u = torch.floor(intrinsics.cx - intrinsics.fx * y * inv).long()
-    vv = torch.floor(intrinsics.cy - intrinsics.fx * z * inv).long()
-    pu = u[..., None] + du                      # (V, N, S)
-    pv = vv[..., None] + dv
-    ok = in_front[..., None] & (pu >= 0) & (pu < w) & (pv >= 0) & (pv < h)
-    view = torch.arange(v, device=points.device)[:, None, None]
-    flat = ((view * h + pv) * w + pu)[ok]
-    depth = x[..., None].expand_as(pu)[ok]
-    point = torch.arange(n, device=points.device)[None, :, None].expand_as(pu)[ok]
-    zbuf = torch.full((v * h * w,), float('inf'), device=points.device)
-    zbuf.scatter_reduce_(0, flat, depth, reduce='amin')
-    front = depth <= zbuf[flat]
-    owner = torch.full((v * h * w,), -1, dtype=torch.long, device=points.device)
-    owner.scatter_reduce_(0, flat[front], point[front], reduce='amax')
-    zbuf = torch.where(torch.isinf(zbuf), torch.zeros_like(zbuf), zbuf)
-    return zbuf.view(v, h, w), owner.view(v, h, w)
+    u = torch.floor(intrinsics.cx - intrinsics.fx * y * inv).to(torch.int64)
+    vv = torch.floor(intrinsics.cy - intrinsics.fx * z * inv).to(torch.int64)
+    # render into an image padded by twice the splat radius: every point whose splat touches the image has its
+    # centre in the inner band, so all its splat pixels stay in its own row and view (no masking per splat
+    # pixel); the padding is cropped at the end
+    pad, hp, wp = 2 * radius, h + 4 * radius, w + 4 * radius
+    inside = in_front & (u >= -radius) & (u < w + radius) & (vv >= -radius) & (vv < h + radius)
+    spare = v * hp * wp + int(splat.max())                  # splats of points that miss every image land here
+    base = (torch.arange(v, device=points.device)[:, None] * hp + vv + pad) * wp + u + pad
+    flat = torch.where(inside, base, spare)[..., None] + splat
+    key = (x.contiguous().view(torch.int32).to(torch.int64) << _INDEX_BITS) | torch.arange(n, device=points.device)
+    zbuf = torch.full((spare + int(splat.max()) + 1,), _EMPTY, dtype=torch.int64, device=points.device)
+    zbuf.scatter_reduce_(0, flat.reshape(-1), key[..., None].expand(-1, -1, splat.numel()).reshape(-1), reduce='amin')
+    return zbuf[:v * hp * wp].view(v, hp, wp)[:, pad:pad + h, pad:pad + w].reshape(-1)
