@@ -12,6 +12,7 @@ from pathlib import Path
 import time
 
 from geometry_msgs.msg import PoseArray
+from nav_msgs.msg import Path as PathMsg
 import pytest
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
@@ -82,8 +83,10 @@ def test_questions_in_answers_groundings_and_plans_out(graph, ros_node):
     views = ros_node.listen('selected_views', PoseArray)
     frustums = ros_node.listen('selected_views/frustums', MarkerArray)
     plans = ros_node.listen('plan', String)
+    paths = ros_node.listen('plan_path', PathMsg)
     pub = ros_node.publisher('query', String)
-    questions = {'g1': 'Where is the table?', 'p1': 'Bring the box to the table.', 'c1': 'How many chairs are there?'}
+    questions = {'g1': 'Where is the table?', 'p1': 'Go and inspect the table.', 'p2': 'Bring the box to the table.',
+                 'c1': 'How many chairs are there?'}
     results = {qid: _ask(pub, answers, qid, q) for qid, q in questions.items()}
     for qid, res in results.items():
         assert RESULT_KEYS <= set(res), res
@@ -106,6 +109,9 @@ def test_questions_in_answers_groundings_and_plans_out(graph, ros_node):
     if _trained_model():  # a trained model grounds the object it is asked to locate: a box and its cube marker
         assert results['g1']['boxes'], results['g1']
         assert any(m.type == Marker.CUBE for msg in markers.messages for m in msg.markers)
+        # ... and at least one of its plans passes validation and goes out on `plan` and `plan_path`
+        assert {json.loads(m.data)['id'] for m in plans.messages} & {'p1', 'p2'}, {q: results[q] for q in ('p1', 'p2')}
+        assert paths.messages and all(len(p.poses) >= 1 for p in paths.messages)
     # plans reach `plan` only when they passed validation
     for msg in plans.messages:
         plan = json.loads(msg.data)
