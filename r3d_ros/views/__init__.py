@@ -3,14 +3,16 @@ question-aware scores that pick the top-k views for the reasoner. Free of ROS im
 
 from r3d_ros.views.cameras import Intrinsics, frustum_segments, ring_poses, top_down_pose
 from r3d_ros.views.renderer import Render, render_points
+from r3d_ros.views.scoring import ClipAlignment, ViewScoreWeights
 from r3d_ros.views.selector import (
+    ScoredCandidates,
     SelectedView,
-    ViewScoreWeights,
     ViewSelection,
     ViewSelector,
     ViewSelectorConfig,
     load_aligner,
 )
 
-__all__ = ['Intrinsics', 'Render', 'SelectedView', 'ViewScoreWeights', 'ViewSelection', 'ViewSelector',
-           'ViewSelectorConfig', 'frustum_segments', 'load_aligner', 'render_points', 'ring_poses', 'top_down_pose']
+__all__ = ['ClipAlignment', 'Intrinsics', 'Render', 'ScoredCandidates', 'SelectedView', 'ViewScoreWeights',
+           'ViewSelection', 'ViewSelector', 'ViewSelectorConfig', 'frustum_segments', 'load_aligner', 'render_points',
+           'ring_poses', 'top_down_pose']

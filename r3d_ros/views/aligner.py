@@ -4,7 +4,7 @@ CLIP/SigLIP cannot be downloaded here and would be overkill for rendered point-c
 the project trains its own pair of encoders (``r3d-train-aligner``): a hashed bag-of-words text encoder and
 a small CNN over a rendered view (RGB + depth + hit mask), trained with a sigmoid (SigLIP-style) pair loss
 on synthetic scenes to say whether the objects a question names are visible in a view. A real CLIP or SigLIP
-model plugs in through ``scoring.ClipAlignment`` instead.
+model plugs in through ``scoring.ClipAlignment`` instead (``ViewSelectorConfig.clip_path``).
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ class ViewTextAligner(PreTrainedModel):
         # max over positions: a small named object anywhere in the view should light the view up
         return F.normalize(self.image_proj(feats.amax(dim=(-2, -1))), dim=-1)
 
+    def similarity(self, pixels: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """(V, T) cosine of each view and each embedded text."""
+        return self.embed_images(pixels) @ text_emb.T
+
     def forward(self, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """(V, T) logits that text t's objects are visible in view v."""
-        return self.embed_images(pixels) @ self.embed_text(texts).T * self.logit_scale.exp() + self.logit_bias
+        return self.similarity(pixels, self.embed_text(texts)) * self.logit_scale.exp() + self.logit_bias
