@@ -68,6 +68,32 @@ def test_matches_an_independent_per_point_projection_and_batching_changes_nothin
     assert torch.equal(chunked.index, batched.index)
 
 
+def test_agrees_with_open3d_point_cloud_projection():
+    o3d = pytest.importorskip('open3d')
+    scene = generate_scene(3, point_density=250.0)
+    size = 128
+    intr = Intrinsics(size, size, 90.0)
+    poses = ring_poses(scene.points, per_ring=2, heights=(1.3,), radii=(0.85,))
+    ours = _render(scene.points, scene.colors, poses, size=size)
+    cloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(scene.points))
+    cloud.point.colors = o3d.core.Tensor(scene.colors.astype(np.float32) / 255.0)
+    # open3d: OpenCV camera (x right, y down, z forward) and pixel centres at integers (we floor): shift by 0.5
+    k = o3d.core.Tensor([[intr.fx, 0, intr.cx - 0.5], [0, intr.fx, intr.cy - 0.5], [0, 0, 1]], o3d.core.float64)
+    to_cv = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+    for v, pose in enumerate(poses):
+        rgbd = cloud.project_to_rgbd_image(size, size, k, o3d.core.Tensor(to_cv @ np.linalg.inv(pose)),
+                                           depth_scale=1.0, depth_max=100.0)
+        depth = np.asarray(rgbd.depth.to_legacy())
+        assert ((depth > 0) == (ours.depth[v].numpy() > 0)).mean() > 0.999
+        np.testing.assert_allclose(ours.depth[v].numpy(), depth, atol=1e-3)
+
+
+def test_a_splat_crossing_the_image_border_is_clipped_not_wrapped():
+    # u = 112 - 112 * y / 2 = -1 at y = 2.0357...: the centre is one pixel left of the image
+    r = _render([[2.0, 2.0 + 2 / 112, 0.0]], [[9, 9, 9]], radius=1)
+    assert set(map(tuple, torch.nonzero(r.index[0] >= 0).tolist())) == {(111, 0), (112, 0), (113, 0)}
+
+
 def test_frustum_segments_start_at_the_camera():
     pose = look_at((1.0, 2.0, 1.5), (3.0, 2.0, 1.0))
     segs = frustum_segments(pose, Intrinsics(), depth=0.5)
