@@ -226,6 +226,7 @@ class QuestionFeeder:
         self.map_points = 0
         self.map_sub = node.create_subscription(PointCloud2, args.map_topic, self._on_map, MAP_QOS)
         self.asked: dict[str, float] = {}
+        self.asked_map: dict[str, int] = {}
         self.answers: dict[str, dict] = {}
         self.lock = threading.Lock()
         self.done = threading.Event()
@@ -245,6 +246,7 @@ class QuestionFeeder:
             if qid not in self.asked or qid in self.answers:
                 return
             ans['latency_s'] = time.monotonic() - self.asked[qid]
+            ans['map_points'] = self.asked_map.get(qid, 0)   # size of the map scene_map last published
             self.answers[qid] = ans
             self.last_progress = time.monotonic()
             if self.out is not None:
@@ -263,6 +265,7 @@ class QuestionFeeder:
             payload = {'id': q.id, 'question': q.question, 'task': q.task or None}
             with self.lock:
                 self.asked[q.id] = time.monotonic()
+                self.asked_map[q.id] = self.map_points
                 self.last_progress = time.monotonic()
             self.pub.publish(self._String(data=json.dumps(payload)))
             self.node.get_logger().info(f'asked {q.id} at bag t={(t_ns - self.player.info.start_ns) * 1e-9:.2f}s '
