@@ -39,10 +39,10 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / 'assets' / 'view_aligner'
 @dataclass
 class ViewSelectorConfig:
     top_k: int = 6
-    per_ring: int = 6                      # 2 heights x 2 radii x 6 = 24 ring views
+    per_ring: int = 5                      # 2 heights x 2 radii x 5 = 20 ring views
     ring_heights: tuple[float, ...] = (1.3, 2.4)
     ring_radii: tuple[float, ...] = (0.45, 0.85)
-    region_candidates: int = 7             # + 1 top-down view = 32 candidates by default
+    region_candidates: int = 11            # + 1 top-down view = 32 candidates by default
     region_proposals: int = 20             # close-ups rendered cheaply and ranked against the question
     region_radius: float = 0.6             # metres: map points this near a region centre belong to it
     region_temperature: float = 0.05       # softmax over region relevance in S_text

@@ -1,11 +1,12 @@
 """``r3d-train-aligner``: train the view-text aligner (``aligner.py``) on renders of synthetic scenes.
 
-For each training scene: the selector's own candidate cameras (rings, top-down, region close-ups) are
-rendered small with the per-point instance ids; each question of ``r3d_ros.scenes.qa`` that names objects is
-paired with every view, labelled 1 when a named object covers at least ``--min-pixels`` of the view. The
-loss is the sigmoid pair loss over all (view, question) pairs of a scene. The embedded weights were made by
+For each training scene: the selector's own candidate cameras (rings, top-down, region close-ups) and a
+close-up of every object are rendered small with the per-point instance ids; each question of
+``r3d_ros.scenes.qa`` that names objects is paired with every view, labelled 1 when a named object covers at
+least ``--min-pixels`` of the view. The loss is the sigmoid pair loss over all (view, question) pairs of a
+scene. The embedded weights were made by
 
-    r3d-train-aligner --out r3d_ros/assets/view_aligner            # defaults: 160 scenes (seeds 50000+), 25 epochs
+    r3d-train-aligner --out r3d_ros/assets/view_aligner            # defaults: 320 scenes (seeds 50000+), 20 epochs
 
 Held-out scenes for the selection test use seeds below 50000, so they never overlap these.
 """
@@ -54,8 +55,12 @@ def visible_objects(ids: torch.Tensor, min_pixels: int) -> list[set[int]]:
     return out
 
 
-def candidate_poses(points: np.ndarray) -> np.ndarray:
-    close = close_up_poses(points, region_centres(points))
+def candidate_poses(scene) -> np.ndarray:
+    """The selector's candidates (rings, top-down, region close-ups) plus a close-up of every object: those
+    show each object large, the cleanest lesson of what a name looks like."""
+    points = scene.points
+    close = close_up_poses(points, np.concatenate([region_centres(points).reshape(-1, 3),
+                                                   np.array([o.center for o in scene.objects]).reshape(-1, 3)]))
     return np.concatenate([ring_poses(points), top_down_pose(points)[None], close])
 
 
@@ -67,7 +72,7 @@ def build_examples(n_scenes: int, seed0: int, size: int, min_pixels: int, point_
         questions = object_questions(scene, s)
         if not questions:
             continue
-        poses = candidate_poses(scene.points)
+        poses = candidate_poses(scene)
         r = render_points(torch.from_numpy(scene.points), torch.from_numpy(scene.colors), torch.from_numpy(poses),
                           intr, point_radius=0, ids=torch.from_numpy(scene.instance.astype(np.int64)))
         seen = visible_objects(r.ids, min_pixels)
@@ -76,7 +81,7 @@ def build_examples(n_scenes: int, seed0: int, size: int, min_pixels: int, point_
     return examples
 
 
-def train(examples, epochs: int = 25, lr: float = 3e-3, seed: int = 0, log=print) -> ViewTextAligner:
+def train(examples, epochs: int = 20, lr: float = 3e-3, seed: int = 0, log=print) -> ViewTextAligner:
     torch.manual_seed(seed)
     model = ViewTextAligner(ViewAlignerConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -117,10 +122,10 @@ def ranking_accuracy(model: ViewTextAligner, examples) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description='Train the view-text aligner used to score candidate views.')
     ap.add_argument('--out', required=True, help='checkpoint folder (save_pretrained)')
-    ap.add_argument('--scenes', type=int, default=160)
+    ap.add_argument('--scenes', type=int, default=320)
     ap.add_argument('--val-scenes', type=int, default=20)
     ap.add_argument('--seed0', type=int, default=TRAIN_SEED0)
-    ap.add_argument('--epochs', type=int, default=25)
+    ap.add_argument('--epochs', type=int, default=20)
     ap.add_argument('--size', type=int, default=64, help='render size (the selector scores at this size)')
     ap.add_argument('--min-pixels', type=int, default=40, help='pixels a named object needs to count as seen')
     args = ap.parse_args(argv)
