@@ -52,8 +52,9 @@ def cider(preds: dict[str, str], refs: dict[str, list[str]]) -> float:
     if not preds:
         return float('nan')
     m = _metrics_module()
-    if m is not None and hasattr(m, 'caption_metrics'):
-        return float(m.caption_metrics(preds, refs)['CIDEr'])
+    if m is not None and hasattr(m, 'CaptionScorer'):
+        # CIDEr only: METEOR would start a Java process per call, and this is called once per task
+        return float(m.CaptionScorer(meteor=False)(preds, refs)['CIDEr'])
     from pycocoevalcap.cider.cider import Cider
 
     # pycocoevalcap's PTB tokenizer needs Java; lower-casing + punctuation split is what it does for this text
