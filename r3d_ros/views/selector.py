@@ -43,7 +43,8 @@ class ViewSelectorConfig:
     ring_heights: tuple[float, ...] = (1.3, 2.4)
     ring_radii: tuple[float, ...] = (0.45, 0.85)
     region_candidates: int = 11            # + 1 top-down view = 32 candidates by default
-    region_proposals: int = 20             # close-ups rendered cheaply and ranked against the question
+    region_proposals: int = 30             # close-ups rendered cheaply and ranked against the question
+    region_cell: float = 0.6               # metres: regions are the densest cells of this size on the floor plane
     region_radius: float = 0.6             # metres: map points this near a region centre belong to it
     region_temperature: float = 0.05       # softmax over region relevance in S_text
     image_size: int = 224                  # output views
@@ -155,7 +156,7 @@ class ViewSelector:
         q = self.aligner.embed_text([question])
 
         # regions: proposals from the map (+ given objects); relevance = aligner cosine of their close-ups
-        centres = region_centres(points, max_regions=c.region_proposals)
+        centres = region_centres(points, cell=c.region_cell, max_regions=c.region_proposals)
         bonus = np.zeros(len(centres))
         if objects is not None and len(objects):
             obj_centres, obj_bonus = _object_regions(objects, question)
