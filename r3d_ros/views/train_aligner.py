@@ -1,7 +1,7 @@
 """``r3d-train-aligner``: train the view-text aligner (``aligner.py``) on renders of synthetic scenes.
 
-For each training scene: the selector's own candidate cameras (rings, top-down, region close-ups) and a
-close-up of every object are rendered small with the per-point instance ids; each question of
+For each training scene: candidate cameras like the selector's (rings, top-down, close-ups of 0.8 m map
+regions) and a close-up of every object are rendered small with the per-point instance ids; each question of
 ``r3d_ros.scenes.qa`` that names objects is paired with every view, labelled 1 when a named object covers at
 least ``--min-pixels`` of the view. The loss is the sigmoid pair loss over all (view, question) pairs of a
 scene. The embedded weights were made by
@@ -56,7 +56,7 @@ def visible_objects(ids: torch.Tensor, min_pixels: int) -> list[set[int]]:
 
 
 def candidate_poses(scene) -> np.ndarray:
-    """The selector's candidates (rings, top-down, region close-ups) plus a close-up of every object: those
+    """Candidates like the selector's (rings, top-down, region close-ups) plus a close-up of every object: those
     show each object large, the cleanest lesson of what a name looks like."""
     points = scene.points
     close = close_up_poses(points, np.concatenate([region_centres(points).reshape(-1, 3),
