@@ -306,13 +306,20 @@ def make_dataset(out_dir: str | Path, n_scenes: int, seed: int = 0, *, workers: 
             progress(1)
 
     if workers > 1:
+        import gc
         import multiprocessing as mp
 
-        # fork: workers need nothing re-imported, and no resource-tracker process outlives the pool
+        # fork: workers need nothing re-imported, and no resource-tracker process outlives the pool.
+        # gc.freeze: a forked child must never garbage-collect objects inherited from the parent; a parent
+        # holding live rclpy/DDS handles (the test session) had a child segfault in its collector.
         method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
-        with mp.get_context(method).Pool(workers) as pool:
-            for result in pool.imap(_make_one, jobs, chunksize=4):
-                consume(result)
+        gc.freeze()
+        try:
+            with mp.get_context(method).Pool(workers) as pool:
+                for result in pool.imap(_make_one, jobs, chunksize=4):
+                    consume(result)
+        finally:
+            gc.unfreeze()
     else:
         for job in jobs:
             consume(_make_one(job))
