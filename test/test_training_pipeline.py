@@ -55,7 +55,7 @@ def test_paper_defaults_in_configs():
 
 
 def test_help_of_every_command():
-    for cmd in ('sft', 'grpo', 'evaluate', 'table'):
+    for cmd in ('sft', 'grpo', 'evaluate', 'table', 'select'):
         assert '--' in run(cmd, '--help')
 
 
@@ -96,6 +96,14 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     assert 'Acc@0.25' in results['sft']['grounding']
     table = run('table', *(str(tmp_path / f'{n}.json') for n in results))
     assert '| prior | grounding |' in table and '| grpo | all |' in table
+
+    # checkpoint choice on val: the SFT model is a candidate, the chosen one is linked
+    run('select', '--data', str(toy_dir), '--split', 'val', '--limit', '4', '--max-new-tokens', '16',
+        '--out-dir', str(tmp_path / 'val'), '--link', str(grpo_dir / 'selected'), str(final), str(grpo_dir / 'final'))
+    sel = json.loads((tmp_path / 'val' / 'selection.json').read_text())
+    assert [c['checkpoint'] for c in sel['candidates']] == [str(final), str(grpo_dir / 'final')]
+    assert sel['chosen'] == max(sel['candidates'], key=lambda c: c['score'])['checkpoint']
+    assert (grpo_dir / 'selected').resolve() == Path(sel['chosen']).resolve()
 
 
 def test_sft_under_accelerate_launch_two_cpu_processes(toy_dir, tmp_path):

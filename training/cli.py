@@ -5,6 +5,7 @@
     r3d-train evaluate --data DIR --model runs/grpo/final --name "SFT + GRPO" --out results/grpo.json
     r3d-train evaluate --data DIR --prior --name "answer prior" --out results/prior.json
     r3d-train table    results/prior.json results/sft.json results/grpo.json
+    r3d-train select   --data DIR --split val --out-dir results/val runs/sft/final runs/grpo/checkpoint-*
 
 Configs are YAML (``training/configs/*.yaml`` by name, or a path); ``--set a.b=value`` overrides any key.
 Under ``accelerate launch --config_file training/accelerate/<setup>.yaml -m training.cli ...`` the same
@@ -62,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--swap-scenes', action='store_true',
                    help='control run: give every question the point cloud of another scene of the split (a model '
                         'that reads the scene should lose accuracy; one that answers from priors will not)')
+
+    p = sub.add_parser('select', help='pick a checkpoint on the val split by the reward-aligned metrics')
+    p.add_argument('checkpoints', nargs='+', help='candidate R3D checkpoint directories (e.g. the SFT model first, '
+                                                 'then the GRPO checkpoints)')
+    p.add_argument('--data', required=True, help='dataset directory')
+    p.add_argument('--split', default='val', choices=('train', 'val', 'test'))
+    p.add_argument('--out-dir', required=True, help='per-candidate results JSON + selection.json go here')
+    p.add_argument('--limit', type=int, help='score on the first N records of the split')
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--max-new-tokens', type=int, default=512)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--encoder', default='minilm')
+    p.add_argument('--link', help='make this path a symlink to the chosen checkpoint')
 
     p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
     p.add_argument('results', nargs='+')
@@ -133,6 +147,19 @@ def main(argv: list[str] | None = None) -> int:
                                    'model': args.model, 'metrics': impl, 'swap_scenes': args.swap_scenes,
                                    'results': res}, indent=2))
         print(markdown_table({name: res}))
+    elif args.command == 'select':
+        from training.data import SceneClouds, load_records, split_path
+        from training.evaluate import select_checkpoint
+
+        records = load_records(split_path(args.data, args.split), args.limit)
+        best = select_checkpoint(args.checkpoints, records, SceneClouds(args.data), args.out_dir,
+                                 args.batch_size, args.max_new_tokens, args.device, args.encoder)
+        if args.link:
+            link = Path(args.link)
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(Path(best).resolve(), target_is_directory=True)
+        print(best)
     elif args.command == 'table':
         from training.evaluate import markdown_table
 

@@ -173,6 +173,41 @@ def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | 
     return score(records, completions, with_format=with_format, encoder=encoder)
 
 
+# -- checkpoint choice on val ----------------------------------------------------------------------
+#: what a checkpoint is chosen by: the metrics the GRPO rewards stand for (format, perception, semantic)
+SELECT_METRICS = ('Format', 'Acc@0.25', 'SemSim')
+
+
+def selection_score(res: dict) -> float:
+    """Sum of the reward-aligned metrics over all tasks (each in [0, 1]; a missing one counts 0)."""
+    row = res.get('all', {})
+    return float(sum(0.0 if row.get(k) is None or row.get(k) != row.get(k) else row[k] for k in SELECT_METRICS))
+
+
+def select_checkpoint(checkpoints: Sequence[str | Path], records: Sequence[QARecord], clouds, out_dir: str | Path,
+                      batch_size: int = 16, max_new_tokens: int = 512, device: str = 'cpu',
+                      encoder: str = 'minilm') -> str:
+    """Greedy-decode ``records`` (a val split) with every checkpoint, score them, and return the one with the
+    highest :func:`selection_score` (ties go to the earlier candidate, so list the SFT model first: GRPO must
+    beat it to be chosen). Writes ``<out_dir>/<i>.json`` per candidate and ``<out_dir>/selection.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, ckpt in enumerate(checkpoints):
+        res = evaluate(records, clouds, ckpt, None, batch_size, max_new_tokens, device, encoder,
+                       predictions_path=out / f'{i}.predictions.jsonl')
+        (out / f'{i}.json').write_text(json.dumps({'name': str(ckpt), 'results': res}, indent=2))
+        row = {'checkpoint': str(ckpt), 'score': selection_score(res),
+               **{k: res.get('all', {}).get(k) for k in (*SELECT_METRICS, 'Acc@0.5', 'EM', 'CIDEr')}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(range(len(rows)), key=lambda i: (rows[i]['score'], -i))
+    (out / 'selection.json').write_text(json.dumps({'n_records': len(records), 'metrics': list(SELECT_METRICS),
+                                                    'candidates': rows, 'chosen': rows[best]['checkpoint']},
+                                                   indent=2))
+    return rows[best]['checkpoint']
+
+
 # -- table ----------------------------------------------------------------------------------------
 def markdown_table(results: dict[str, dict], tasks: Sequence[str] | None = None) -> str:
     """One row per (model, task): ``results`` maps a row name to :func:`score`'s output."""

@@ -1,22 +1,44 @@
 #!/usr/bin/env bash
-# Rebuild the embedded default model (r3d_ros/assets/r3d_tiny) and its held-out table on a CPU, one core each
-# stage (measured on the 2-core dev VM: data 10 s, SFT 9 min, GRPO 14 min, three evaluations ~8 min).
-# Usage: bash training/make_embedded_model.sh [sft|grpo]   (which run to ship; default sft, see training/README.md)
+# Rebuild the embedded default model (r3d_ros/assets/r3d_tiny) and its held-out table on a CPU, one thread per
+# stage. Wall times on the shared 2-core dev VM are in training/README.md ("The embedded default model").
+#   data    r3d-make-data: 320 scenes (256 train / 32 val / 32 test)
+#   sft     tiny_sft  (3 epochs, 1,344 steps)
+#   grpo    tiny_grpo from the SFT model (100 steps, a checkpoint every 20)
+#   select  the SFT model and every GRPO checkpoint, greedy-decoded on the first 224 val records; the highest
+#           Format + Acc@0.25 + SemSim wins (the SFT model first: GRPO has to beat it to be chosen)
+#   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint) on the test split; the table
+#   ship    the selected model -> r3d_ros/assets/r3d_tiny, result JSONs -> training/results/
+# Usage: bash training/make_embedded_model.sh [data|sft|grpo|select|test|ship]...   (default: all, in order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ship=${1:-sft}
 export OMP_NUM_THREADS=1
 bin=.venv/bin
-$bin/r3d-make-data --scenes 160 --out data/synth --no-progress
-$bin/r3d-train sft  --config tiny_sft  --data data/synth --output-dir runs/embedded_sft
-$bin/r3d-train grpo --config tiny_grpo --data data/synth --model runs/embedded_sft/final --output-dir runs/embedded_grpo
-mkdir -p results
-$bin/r3d-train evaluate --data data/synth --prior --name "answer prior" --out results/prior.json
-$bin/r3d-train evaluate --data data/synth --model runs/embedded_sft/final --name "SFT only" \
-    --max-new-tokens 512 --out results/sft.json
-$bin/r3d-train evaluate --data data/synth --model runs/embedded_grpo/final --name "SFT + GRPO" \
-    --max-new-tokens 512 --out results/grpo.json
-$bin/r3d-train table results/prior.json results/sft.json results/grpo.json
-mkdir -p r3d_ros/assets/r3d_tiny training/results
-cp runs/embedded_${ship}/final/* r3d_ros/assets/r3d_tiny/
-cp results/prior.json results/sft.json results/grpo.json training/results/
+data=data/embedded sft=runs/embedded_sft grpo=runs/embedded_grpo
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(data sft grpo select test ship)
+t() { local s=$SECONDS; "$@"; echo "[$(date +%T)] $* : $((SECONDS - s)) s" >&2; }
+for stage in "${stages[@]}"; do
+  case $stage in
+    data)   t $bin/r3d-make-data --scenes 320 --out $data --no-progress ;;
+    sft)    t $bin/r3d-train sft  --config tiny_sft  --data $data --output-dir $sft ;;
+    grpo)   t $bin/r3d-train grpo --config tiny_grpo --data $data --model $sft/final --output-dir $grpo ;;
+    select) t $bin/r3d-train select --data $data --split val --limit 224 --out-dir results/val \
+                --link $grpo/selected $sft/final $(ls -d $grpo/checkpoint-* | sort -t- -k2 -n) ;;
+    test)
+      mkdir -p results
+      t $bin/r3d-train evaluate --data $data --prior --name "answer prior" --out results/prior.json
+      t $bin/r3d-train evaluate --data $data --model $sft/final --name "SFT only" --max-new-tokens 512 \
+          --out results/sft.json
+      t $bin/r3d-train evaluate --data $data --model $grpo/selected --name "SFT + GRPO" --max-new-tokens 512 \
+          --out results/grpo.json
+      $bin/r3d-train table results/prior.json results/sft.json results/grpo.json | tee results/table.md ;;
+    ship)
+      rm -rf r3d_ros/assets/r3d_tiny && mkdir -p r3d_ros/assets/r3d_tiny training/results
+      cp $grpo/selected/{config.json,generation_config.json,model.safetensors,r3d_processor.json} \
+         $grpo/selected/{tokenizer.json,tokenizer_config.json,chat_template.jinja} r3d_ros/assets/r3d_tiny/
+      realpath --relative-to=. $grpo/selected > r3d_ros/assets/r3d_tiny/SOURCE   # which checkpoint this is
+      cp results/prior.json results/sft.json results/grpo.json results/table.md results/val/selection.json \
+         training/results/ ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
