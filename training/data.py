@@ -46,17 +46,23 @@ def split_path(data_dir: str | Path, split: str) -> Path:
 
 
 class SceneClouds:
-    """Scene point clouds ((N, 6) float32: xyz metres, rgb 0..1) by scene id, read from ``DIR/scenes``.
+    """Scene point clouds ((N, 7) float32: xyz metres, rgb 0..1, object-proposal label) by scene id, read
+    from ``DIR/scenes``.
 
-    Clouds are subsampled once to ``max_points`` (seeded) and kept in memory: the processor subsamples again
-    to the model's ``num_points`` each batch, and whole scenes (30k-150k points) would dominate data time."""
+    Each whole scene is split into object proposals once (``r3d_ros.mapping.segmentation``, as the runtime
+    does on its map; the label column is -1 for structure), then subsampled to ``max_points`` (seeded) and
+    kept in memory: the processor subsamples again to the model's ``num_points`` each batch, and whole
+    scenes (30k-150k points) would dominate data time. A processor without object tokens ignores the
+    label column."""
 
-    def __init__(self, data_dir: str | Path, max_points: int | None = 8192, seed: int = 0):
+    def __init__(self, data_dir: str | Path, max_points: int | None = 16384, seed: int = 0):
         self.scene_dir = Path(data_dir) / 'scenes'
         self.max_points, self.seed = max_points, seed
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one store per run; the cache is the point
     def __getitem__(self, scene_id: str) -> np.ndarray:
+        from r3d_ros.mapping.segmentation import segment_objects
+
         path = self.scene_dir / f'{scene_id}.npz'
         if not path.exists():
             raise KeyError(f'scene {scene_id!r} not in {self.scene_dir}')
@@ -64,6 +70,7 @@ class SceneClouds:
             pts = np.asarray(z['points'], np.float32)
             rgb = np.asarray(z['colors'], np.float32) / 255.0
         cloud = np.concatenate([pts, rgb], axis=1)
+        cloud = np.concatenate([cloud, segment_objects(cloud)[:, None].astype(np.float32)], axis=1)
         if self.max_points is not None and len(cloud) > self.max_points:
             idx = np.random.default_rng(self.seed).choice(len(cloud), self.max_points, replace=False)
             cloud = cloud[np.sort(idx)]

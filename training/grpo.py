@@ -28,13 +28,11 @@ import json
 from pathlib import Path
 
 from accelerate.utils import is_peft_model
-import numpy as np
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
-from r3d_ros.model.processing_r3d import sample_points
 from training.config import last_checkpoint, make_log_callback, make_processor_saver
 from training.data import SceneClouds, grpo_rows, load_records, split_path, to_dataset
 from training.modeling import enable_trl_fused_head, load_model_and_processor, save_model
@@ -84,10 +82,8 @@ class SceneGRPOTrainer(GRPOTrainer):
 
     # -- scene inputs --------------------------------------------------------------------------
     def scene_tensors(self, scene_ids: list[str]) -> dict[str, torch.Tensor]:
-        proc = self.scene_processor
-        clouds = [sample_points(self.scene_clouds[s], proc.num_points, features=proc.point_features)
-                  for s in scene_ids]
-        return {'point_clouds': torch.from_numpy(np.stack(clouds)).to(self.accelerator.device)}
+        clouds = self.scene_processor.cloud_tensor([self.scene_clouds[s] for s in scene_ids])
+        return {'point_clouds': clouds.to(self.accelerator.device)}
 
     def _generate_and_score_completions(self, inputs):
         self._scene_inputs = self.scene_tensors([x['scene_id'] for x in inputs])
@@ -170,7 +166,7 @@ def build_grpo_trainer(cfg: dict, output_dir: str | Path, model=None, processor=
     return SceneGRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                             train_dataset=to_dataset(grpo_rows(train, processor)),
                             processing_class=processor.tokenizer,
-                            scene_clouds=SceneClouds(data['dir'], data.get('max_points', 8192)),
+                            scene_clouds=SceneClouds(data['dir'], data.get('max_points', 16384)),
                             scene_processor=processor,
                             callbacks=[make_log_callback(output_dir / 'log.jsonl'), make_processor_saver(processor)])
 

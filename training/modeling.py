@@ -43,8 +43,9 @@ def enable_trl_fused_head(model) -> None:
     object.__setattr__(base, base.base_model_prefix, _SceneBackbone(base))
 
 
-#: tiny-preset keys that resize its point encoder (how many scene tokens, neighbours per token, blocks)
-SCENE_ENCODER_KEYS = ('num_scene_tokens', 'point_knn', 'point_layers', 'point_hidden_size')
+#: tiny-preset keys that resize its point encoder (scene tokens, neighbours per token, blocks, object tokens)
+SCENE_ENCODER_KEYS = ('num_scene_tokens', 'point_knn', 'point_layers', 'point_hidden_size', 'num_object_tokens',
+                      'object_points')
 
 
 def _tiny_with_scene_encoder(model_cfg: dict, scene: dict):
@@ -61,9 +62,7 @@ def _tiny_with_scene_encoder(model_cfg: dict, scene: dict):
         setattr(cfg, k, v)
     torch.manual_seed(int(model_cfg.get('seed', 0)))
     model = R3DForConditionalGeneration(cfg)
-    processor = R3DProcessor(tok, num_points=cfg.num_points, num_scene_tokens=cfg.num_scene_tokens,
-                             num_view_tokens=cfg.num_view_tokens, image_size=64,
-                             point_features=cfg.point_feature_dim)
+    processor = R3DProcessor.for_config(tok, cfg, image_size=64)
     return model, processor
 
 

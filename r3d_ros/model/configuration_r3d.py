@@ -19,7 +19,8 @@ class R3DConfig(PretrainedConfig):
     def __init__(self, text_config=None, vision_config=None, num_points: int = 2048, num_scene_tokens: int = 32,
                  point_feature_dim: int = 3, point_hidden_size: int = 128, point_knn: int = 16,
                  point_layers: int = 2, point_heads: int = 4, num_view_tokens: int = 4, depth_channels: int = 16,
-                 scene_token_id: int = 0, view_token_id: int = 0, depth_token_id: int = 0, **kwargs):
+                 scene_token_id: int = 0, view_token_id: int = 0, depth_token_id: int = 0,
+                 num_object_tokens: int = 0, object_points: int = 32, **kwargs):
         if isinstance(text_config, dict):
             text_config = AutoConfig.for_model(**text_config)
         if isinstance(vision_config, dict):
@@ -30,9 +31,16 @@ class R3DConfig(PretrainedConfig):
         self.point_feature_dim, self.point_hidden_size = point_feature_dim, point_hidden_size
         self.point_knn, self.point_layers, self.point_heads = point_knn, point_layers, point_heads
         self.num_view_tokens, self.depth_channels = num_view_tokens, depth_channels
+        # object tokens: one per object proposal after the num_scene_tokens FPS tokens (0 = none)
+        self.num_object_tokens, self.object_points = num_object_tokens, object_points
         self.scene_token_id, self.view_token_id, self.depth_token_id = scene_token_id, view_token_id, depth_token_id
         kwargs.setdefault('tie_word_embeddings', getattr(self.text_config, 'tie_word_embeddings', False))
         super().__init__(**kwargs)
+
+    @property
+    def num_scene_placeholders(self) -> int:
+        """``<scene>`` placeholders per prompt: FPS tokens + object tokens."""
+        return self.num_scene_tokens + self.num_object_tokens
 
     @property
     def use_views(self) -> bool:

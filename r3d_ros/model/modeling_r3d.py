@@ -69,7 +69,8 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.point_encoder = PointEncoder(config.point_feature_dim, config.point_hidden_size,
                                           config.num_scene_tokens, config.point_knn, config.point_layers,
-                                          config.point_heads)
+                                          config.point_heads, config.num_object_tokens, config.object_points,
+                                          config.num_points)
         # paper: each encoder's output is linearly projected to the LLM hidden size
         self.scene_projector = nn.Linear(config.point_hidden_size, hidden)
         if config.use_views:

@@ -61,8 +61,7 @@ def build_tiny_model_and_processor(with_views: bool = True, num_points: int = 10
     cfg = tiny_config(tok, with_views=with_views, num_points=num_points)
     torch.manual_seed(seed)
     model = R3DForConditionalGeneration(cfg)
-    processor = R3DProcessor(tok, num_points=cfg.num_points, num_scene_tokens=cfg.num_scene_tokens,
-                             num_view_tokens=cfg.num_view_tokens, image_size=64)
+    processor = R3DProcessor.for_config(tok, cfg, image_size=64)
     return model, processor
 
 
@@ -79,7 +78,5 @@ def build_from_local_paths(backbone_path, vision_tower_path=None, tokenizer_path
     model = R3DForConditionalGeneration.from_backbone(backbone_path, vision_tower_path, tokenizer=tok,
                                                       **config_kwargs)
     cfg = model.config
-    processor = R3DProcessor(tok, num_points=cfg.num_points, num_scene_tokens=cfg.num_scene_tokens,
-                             num_view_tokens=cfg.num_view_tokens, image_size=image_size,
-                             point_features=cfg.point_feature_dim)
+    processor = R3DProcessor.for_config(tok, cfg, image_size=image_size)
     return model, processor

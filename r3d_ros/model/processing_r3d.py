@@ -9,6 +9,12 @@ generation prompt; for the tiny tokenizer that is::
 grammar) followed by the tokenizer's EOS token. Point clouds
 are (N, 6) arrays: xyz in map-frame metres (kept absolute: answers are boxes in metres) and rgb (0..1,
 or 0..255 which is rescaled), sampled to ``num_points`` deterministically.
+
+With object tokens (``num_object_tokens`` K > 0) the cloud is also split into object proposals
+(``r3d_ros.mapping.segmentation``) and K x ``object_points`` rows follow the scene rows: each proposal's
+points (farthest-point sampled, so its extremes and thus its box are kept), and one more column holding the
+proposal index (-1 for scene rows and empty slots). A cloud that already has that column
+(``3 + point_features + 1`` columns: e.g. training scenes labelled once when loaded) is not segmented again.
 """
 
 from __future__ import annotations
@@ -48,6 +54,32 @@ def sample_points(cloud: np.ndarray, n: int, seed: int = 0, features: int = 3) -
     return out
 
 
+def _farthest_rows(xyz: np.ndarray, n: int) -> np.ndarray:
+    """``n`` row indices by farthest-point sampling from row 0 (all rows, repeated, when there are fewer)."""
+    if len(xyz) <= n:
+        return np.resize(np.arange(len(xyz)), n)
+    idx = np.zeros(n, np.int64)
+    dist = np.full(len(xyz), np.inf)
+    for i in range(1, n):
+        dist = np.minimum(dist, ((xyz - xyz[idx[i - 1]]) ** 2).sum(1))
+        idx[i] = int(dist.argmax())
+    return idx
+
+
+def object_rows(cloud: np.ndarray, labels: np.ndarray, num_objects: int, points_per_object: int) -> np.ndarray:
+    """(K * M, C + 1) rows: M points of each of the K largest proposals (labels 0..K-1), then the label."""
+    out = np.zeros((num_objects * points_per_object, cloud.shape[1] + 1), np.float32)
+    out[:, -1] = -1
+    for k in range(min(num_objects, int(labels.max(initial=-1)) + 1)):
+        rows = np.flatnonzero(labels == k)
+        if not len(rows):
+            continue  # a proposal the subsampling emptied: its slot stays empty
+        pick = rows[_farthest_rows(cloud[rows, :3], points_per_object)]
+        sl = slice(k * points_per_object, (k + 1) * points_per_object)
+        out[sl, :-1], out[sl, -1] = cloud[pick], k
+    return out
+
+
 class R3DProcessor:
     """Turns questions, map clouds, rendered views/depths and (for training) target completions into model
     inputs. ``point_features`` must match the model's ``point_feature_dim`` (3: rgb; 6: rgb + normals).
@@ -57,19 +89,29 @@ class R3DProcessor:
     def __init__(self, tokenizer, num_points: int = 2048, num_scene_tokens: int = 32, num_view_tokens: int = 4,
                  image_size: int = 64, max_depth: float = 10.0, point_features: int = 3,
                  image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-                 image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)):
+                 image_std: tuple[float, float, float] = (0.5, 0.5, 0.5), num_object_tokens: int = 0,
+                 object_points: int = 32):
         self.tokenizer = tokenizer
         self.num_points, self.num_scene_tokens = num_points, num_scene_tokens
         self.num_view_tokens, self.image_size, self.max_depth = num_view_tokens, image_size, max_depth
         self.point_features = point_features
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
+        self.num_object_tokens, self.object_points = num_object_tokens, object_points
+
+    @classmethod
+    def for_config(cls, tokenizer, config, **kwargs) -> R3DProcessor:
+        """The processor that matches an :class:`R3DConfig` (token counts, points, features)."""
+        return cls(tokenizer, num_points=config.num_points, num_scene_tokens=config.num_scene_tokens,
+                   num_view_tokens=config.num_view_tokens, point_features=config.point_feature_dim,
+                   num_object_tokens=config.num_object_tokens, object_points=config.object_points, **kwargs)
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {'num_points': self.num_points, 'num_scene_tokens': self.num_scene_tokens,
                 'num_view_tokens': self.num_view_tokens, 'image_size': self.image_size, 'max_depth': self.max_depth,
                 'point_features': self.point_features, 'image_mean': list(self.image_mean),
-                'image_std': list(self.image_std)}
+                'image_std': list(self.image_std), 'num_object_tokens': self.num_object_tokens,
+                'object_points': self.object_points}
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
@@ -86,7 +128,7 @@ class R3DProcessor:
     def prompt(self, question: str, num_views: int = 0) -> str:
         """The prompt text with one placeholder token per scene / view / depth embedding."""
         views = (VIEW * self.num_view_tokens + DEPTH) * num_views
-        user = f'{SCENE * self.num_scene_tokens}{views}{question.strip()}'
+        user = f'{SCENE * (self.num_scene_tokens + self.num_object_tokens)}{views}{question.strip()}'
         if getattr(self.tokenizer, 'chat_template', None):
             messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, {'role': 'user', 'content': user}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -136,14 +178,35 @@ class R3DProcessor:
             input_ids[i, sl] = torch.tensor(ids)
             attention[i, sl] = 1
             labels[i, sl] = torch.tensor(lab)
-        clouds = [sample_points(c, self.num_points, features=self.point_features) for c in point_clouds]
-        data = {'input_ids': input_ids, 'attention_mask': attention, 'point_clouds': torch.from_numpy(np.stack(clouds))}
+        data = {'input_ids': input_ids, 'attention_mask': attention, 'point_clouds': self.cloud_tensor(point_clouds)}
         if targets is not None:
             data['labels'] = labels
         if max(view_counts) > 0:
             data['view_pixel_values'], data['view_depths'], data['view_mask'] = self._images(views, depths,
                                                                                            max(view_counts))
         return BatchFeature(data, tensor_type=return_tensors)
+
+    def prepare_cloud(self, cloud: np.ndarray) -> np.ndarray:
+        """One cloud as the model reads it: ``num_points`` scene rows (+ the object rows and label column)."""
+        if not self.num_object_tokens:
+            return sample_points(cloud, self.num_points, features=self.point_features)
+        from r3d_ros.mapping.segmentation import segment_objects
+
+        cloud = np.asarray(cloud, np.float32)
+        width = 3 + self.point_features
+        labels = None
+        if cloud.ndim == 2 and cloud.shape[1] == width + 1:
+            cloud, labels = cloud[:, :width], cloud[:, width].astype(np.int64)
+        feats = sample_points(cloud, max(len(cloud), 1), features=self.point_features)  # all rows, rgb scaled
+        if labels is None:
+            labels = segment_objects(feats)
+        scene = sample_points(feats, self.num_points, features=self.point_features)
+        scene = np.concatenate([scene, np.full((len(scene), 1), -1, np.float32)], axis=1)
+        return np.concatenate([scene, object_rows(feats, labels, self.num_object_tokens, self.object_points)])
+
+    def cloud_tensor(self, point_clouds) -> torch.Tensor:
+        """(B, rows, columns) float32 tensor of :meth:`prepare_cloud` outputs."""
+        return torch.from_numpy(np.stack([self.prepare_cloud(c) for c in point_clouds]))
 
     def batch_decode(self, ids, skip_special_tokens: bool = False) -> list[str]:
         """Decode completions keeping the think/answer/box/plan markers (special tokens) but not pad/eos."""

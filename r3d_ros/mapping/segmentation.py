@@ -1,0 +1,111 @@
+"""Class-agnostic object proposals from a coloured map cloud: room structure out, then clustering.
+
+The model's object tokens are built from these segments (``r3d_ros.model.point_encoder``): a box the model
+writes can then come from a proposal it picked rather than from a position it had to infer from a coarse
+scene token (on the synthetic val split, the nearest of 64 FPS tokens lies 0.55 m from the asked object, and
+only 8 % of the objects would be found at IoU 0.25 by copying it; these proposals reach 92 %).
+
+Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for the clustering):
+1. voxel down-sample (``voxel`` m), so density does not depend on how the cloud was sampled;
+2. remove large horizontal/vertical planes (floor, walls, ceiling): RANSAC, a plane counts when it holds at
+   least ``plane_fraction`` of the points and spans ``min_plane_extent`` m in two directions;
+3. DBSCAN on xyz plus ``color_weight`` x rgb (0..1): touching objects of different colours stay apart.
+
+Labels are per input point: -1 for structure and noise, else 0..K-1 with 0 the largest segment (most occupied
+voxels, so the order does not depend on how densely the cloud was sampled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    voxel: float = 0.05
+    eps: float = 0.12
+    min_points: int = 6
+    color_weight: float = 0.6
+    max_planes: int = 8
+    plane_distance: float = 0.03
+    plane_fraction: float = 0.06
+    min_plane_extent: float = 1.5
+    max_points: int = 60000  # larger inputs are voxelised to a coarser grid first (DBSCAN cost)
+
+
+def _voxel_indices(xyz: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """(representative index per occupied voxel, voxel slot of every point)."""
+    keys = np.floor(xyz / voxel).astype(np.int64)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
+def _structure_mask(xyz: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
+    import open3d as o3d
+
+    structure = np.zeros(len(xyz), bool)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
+    for _ in range(cfg.max_planes):
+        rest = np.flatnonzero(~structure)
+        if len(rest) < 3 * cfg.min_points:
+            break
+        o3d.utility.random.seed(0)  # RANSAC's samples: the same cloud gets the same labels
+        plane, inliers = cloud.select_by_index(rest.tolist()).segment_plane(cfg.plane_distance, 3, 200)
+        normal_z = abs(float(plane[2]))
+        if len(inliers) < cfg.plane_fraction * len(xyz) or 0.1 <= normal_z <= 0.95:
+            break  # no large plane left, or a slanted one (not room structure)
+        pts = xyz[rest[inliers]]
+        if np.sort(pts.max(0) - pts.min(0))[-2] < cfg.min_plane_extent:
+            break  # a table top or a bed, not a floor or a wall
+        structure[rest[inliers]] = True
+    return structure
+
+
+def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None) -> np.ndarray:
+    """(N, 3+F) cloud (xyz metres, rgb 0..1 or 0..255 in columns 3..5 when present) -> (N,) int labels."""
+    from sklearn.cluster import DBSCAN
+
+    cfg = config or SegmentationConfig()
+    cloud = np.asarray(cloud, np.float32)
+    if cloud.ndim != 2 or cloud.shape[1] < 3:
+        raise ValueError(f'cloud must be (N, 3+F), got {cloud.shape}')
+    labels = np.full(len(cloud), -1, np.int64)
+    if len(cloud) < cfg.min_points:
+        return labels
+    xyz = cloud[:, :3]
+    rgb = cloud[:, 3:6] if cloud.shape[1] >= 6 else np.full((len(cloud), 3), 0.5, np.float32)
+    if rgb.max(initial=0.0) > 1.0:
+        rgb = rgb / 255.0
+    voxel = cfg.voxel
+    rep, slot = _voxel_indices(xyz, voxel)
+    while len(rep) > cfg.max_points:
+        voxel *= 1.25
+        rep, slot = _voxel_indices(xyz, voxel)
+    vx, vrgb = xyz[rep].astype(np.float64), rgb[rep].astype(np.float64)
+    keep = ~_structure_mask(vx, cfg)
+    voxel_labels = np.full(len(rep), -1, np.int64)
+    if keep.sum() >= cfg.min_points:
+        feats = np.concatenate([vx[keep], cfg.color_weight * vrgb[keep]], axis=1)
+        voxel_labels[keep] = DBSCAN(eps=cfg.eps, min_samples=cfg.min_points).fit_predict(feats)
+    # relabel by size (largest first), so a fixed number of object tokens keeps the biggest segments
+    found = voxel_labels[voxel_labels >= 0]
+    if len(found):
+        ids, counts = np.unique(found, return_counts=True)
+        order = ids[np.lexsort((ids, -counts))]
+        remap = np.full(voxel_labels.max() + 1, -1, np.int64)
+        remap[order] = np.arange(len(order))
+        voxel_labels = np.where(voxel_labels >= 0, remap[np.maximum(voxel_labels, 0)], -1)
+    labels[:] = voxel_labels[slot]
+    return labels
+
+
+def segment_boxes(cloud: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Axis-aligned (centre, size) per label 0..K-1 from each segment's min/max."""
+    out = []
+    for k in range(int(labels.max(initial=-1)) + 1):
+        pts = np.asarray(cloud)[labels == k, :3]
+        lo, hi = pts.min(0), pts.max(0)
+        out.append(((lo + hi) / 2, hi - lo))
+    return out

@@ -1,0 +1,103 @@
+"""Object proposals (r3d_ros.mapping.segmentation) and the object tokens built from them."""
+
+import numpy as np
+import pytest
+import torch
+
+from r3d_ros.mapping.segmentation import segment_boxes, segment_objects
+from r3d_ros.model.point_encoder import box_digits
+from r3d_ros.model.processing_r3d import object_rows
+from r3d_ros.scenes.synthetic import generate_scene
+
+
+def _iou(c1, s1, c2, s2):
+    lo, hi = np.maximum(c1 - s1 / 2, c2 - s2 / 2), np.minimum(c1 + s1 / 2, c2 + s2 / 2)
+    inter = np.prod(np.clip(hi - lo, 0, None))
+    return inter / (np.prod(s1) + np.prod(s2) - inter)
+
+
+def _cloud(scene):
+    return np.concatenate([scene.points, scene.colors.astype(np.float32) / 255.0], axis=1)
+
+
+def test_proposals_recover_most_objects_of_unseen_scenes():
+    """Seeds no training set uses; 'found' = some proposal box at IoU >= 0.25 with the object's true box."""
+    found, total = 0, 0
+    for seed in range(9000, 9006):
+        scene = generate_scene(seed)
+        cloud = _cloud(scene)
+        labels = segment_objects(cloud)
+        boxes = segment_boxes(cloud, labels)
+        for obj in scene.objects:
+            total += 1
+            found += max((_iou(c, s, obj.center, obj.size) for c, s in boxes), default=0.0) >= 0.25
+        floor = scene.points[:, 2] < 0.01
+        assert (labels[floor] == -1).mean() > 0.95  # the floor is structure, not an object
+    print(f'objects with a proposal at IoU >= 0.25: {found}/{total} = {found / total:.1%}')
+    assert found / total >= 0.75
+
+
+def test_labels_are_deterministic_and_ordered_by_size():
+    cloud = _cloud(generate_scene(9010))
+    a, b = segment_objects(cloud), segment_objects(cloud.copy())
+    assert np.array_equal(a, b)
+    # size = occupied 5 cm voxels (density-independent), largest first
+    keys = np.unique(np.c_[np.floor(cloud[:, :3] / 0.05).astype(np.int64), a][a >= 0], axis=0)
+    counts = np.bincount(keys[:, 3])
+    assert len(counts) >= 3 and np.all(np.diff(counts) <= 0)
+    with pytest.raises(ValueError):
+        segment_objects(np.zeros((10, 2)))
+    assert (segment_objects(cloud[:3]) == -1).all()  # too few points: nothing, no error
+
+
+def test_box_digits_are_the_written_digits():
+    # '-0.92' '3.14' '10.05' '0.28': sign, tens, units, tenths, hundredths
+    got = box_digits(torch.tensor([-0.92, 3.14, 10.05, 0.28, 0.004, -1.235]))
+    assert got.tolist() == [[1, 0, 0, 9, 2], [0, 0, 3, 1, 4], [0, 1, 0, 0, 5], [0, 0, 0, 2, 8],
+                            [0, 0, 0, 0, 0], [1, 0, 1, 2, 4]]
+
+
+def test_object_rows_keep_each_proposals_extent():
+    rng = np.random.default_rng(0)
+    a = rng.uniform([0, 0, 0], [1, 0.5, 0.5], (300, 3))
+    b = rng.uniform([2, 2, 0], [2.2, 2.4, 1.0], (40, 3))
+    cloud = np.concatenate([np.concatenate([a, b]), np.full((340, 3), 0.5)], 1).astype(np.float32)
+    labels = np.array([0] * 300 + [1] * 40)
+    rows = object_rows(cloud, labels, num_objects=3, points_per_object=16)
+    assert rows.shape == (48, 7)
+    assert (rows[:16, -1] == 0).all() and (rows[16:32, -1] == 1).all() and (rows[32:, -1] == -1).all()
+    for k, pts in ((0, a), (1, b)):  # farthest-point sampling keeps the extremes, so the box survives
+        got = rows[16 * k:16 * (k + 1), :3]
+        assert np.allclose(got.max(0) - got.min(0), pts.max(0) - pts.min(0), atol=0.1)
+
+
+def test_object_tokens_end_to_end_through_the_processor_and_model(tmp_path):
+    """A scene cloud without labels is segmented by the processor; object tokens carry their box; empty slots
+    are zero; the digit embedding gets gradient; config and processor survive save/load."""
+    from r3d_ros.model import R3DForConditionalGeneration, R3DProcessor
+    from training.modeling import load_model_and_processor
+
+    model, proc = load_model_and_processor({'preset': 'tiny', 'num_points': 256, 'num_scene_tokens': 8,
+                                            'num_object_tokens': 40, 'object_points': 8})
+    scene = generate_scene(9020, num_objects=(5, 8))
+    cloud = _cloud(scene)
+    batch = proc(questions=['Where is the chair?'], point_clouds=[cloud],
+                 targets=['<think>a</think><answer>b</answer>'])
+    assert (batch['input_ids'] == model.config.scene_token_id).sum() == 48
+    rows = batch['point_clouds'][0]
+    assert rows.shape == (256 + 40 * 8, 7) and (rows[:256, -1] == -1).all()
+    n_props = int(segment_objects(cloud).max()) + 1
+    assert 3 <= n_props < 40 and (rows[256:, -1].reshape(40, 8)[:, 0] >= 0).sum() == n_props
+    tokens = model.point_encoder(batch['point_clouds'])
+    assert tokens.shape == (1, 48, model.config.point_hidden_size)
+    assert tokens[0, 8 + n_props:].abs().max() == 0 and tokens[0, 8:8 + n_props].abs().min(-1).values.max() > 0
+    model(**batch).loss.backward()
+    assert model.point_encoder.object_digits.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    again, proc2 = R3DForConditionalGeneration.from_pretrained(tmp_path), R3DProcessor.from_pretrained(tmp_path)
+    assert again.config.num_object_tokens == 40 and proc2.num_object_tokens == 40 and proc2.object_points == 8
+    model.eval()
+    with torch.no_grad():
+        a, b = again.point_encoder(batch['point_clouds']), model.point_encoder(batch['point_clouds'])
+    assert (a - b).abs().max() < 1e-5, (a - b).abs().max()
