@@ -64,8 +64,9 @@ def test_object_rows_keep_each_proposals_extent():
     cloud = np.concatenate([np.concatenate([a, b]), np.full((340, 3), 0.5)], 1).astype(np.float32)
     labels = np.array([0] * 300 + [1] * 40)
     rows = object_rows(cloud, labels, num_objects=3, points_per_object=16)
-    assert rows.shape == (48, 7)
-    assert (rows[:16, -1] == 0).all() and (rows[16:32, -1] == 1).all() and (rows[32:, -1] == -1).all()
+    assert rows.shape == (48, 8)
+    assert (rows[:16, -2] == 0).all() and (rows[16:32, -2] == 1).all() and (rows[32:, -2] == -1).all()
+    assert (rows[:, -1] == -1).all()  # no class given: unknown
     for k, pts in ((0, a), (1, b)):  # farthest-point sampling keeps the extremes, so the box survives
         got = rows[16 * k:16 * (k + 1), :3]
         assert np.allclose(got.max(0) - got.min(0), pts.max(0) - pts.min(0), atol=0.1)
@@ -85,9 +86,9 @@ def test_object_tokens_end_to_end_through_the_processor_and_model(tmp_path):
                  targets=['<think>a</think><answer>b</answer>'])
     assert (batch['input_ids'] == model.config.scene_token_id).sum() == 48
     rows = batch['point_clouds'][0]
-    assert rows.shape == (256 + 40 * 8, 7) and (rows[:256, -1] == -1).all()
+    assert rows.shape == (256 + 40 * 8, 8) and (rows[:256, -2:] == -1).all()
     n_props = int(segment_objects(cloud).max()) + 1
-    assert 3 <= n_props < 40 and (rows[256:, -1].reshape(40, 8)[:, 0] >= 0).sum() == n_props
+    assert 3 <= n_props < 40 and (rows[256:, -2].reshape(40, 8)[:, 0] >= 0).sum() == n_props
     tokens = model.point_encoder(batch['point_clouds'])
     assert tokens.shape == (1, 48, model.config.point_hidden_size)
     assert tokens[0, 8 + n_props:].abs().max() == 0 and tokens[0, 8:8 + n_props].abs().min(-1).values.max() > 0

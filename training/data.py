@@ -45,15 +45,37 @@ def split_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f'{split}.jsonl'
 
 
+def object_class_names() -> tuple[str, ...]:
+    """The synthetic scenes' object classes (``r3d_ros.scenes.synthetic.CATEGORIES``), in a fixed order."""
+    from r3d_ros.scenes.synthetic import CATEGORIES
+
+    return tuple(CATEGORIES)
+
+
+def proposal_classes(labels: np.ndarray, instance: np.ndarray, objects: list[dict]) -> np.ndarray:
+    """Per point, the class index of the labelled object most of its proposal's points belong to (-1 for
+    structure, or a proposal mostly on background)."""
+    index = {name: i for i, name in enumerate(object_class_names())}
+    label_of = {int(o['id']): index.get(o['label'], -1) for o in objects}
+    out = np.full(len(labels), -1, np.float32)
+    for k in range(int(labels.max(initial=-1)) + 1):
+        ids = instance[labels == k]
+        if len(ids):
+            values, counts = np.unique(ids, return_counts=True)
+            best = int(values[counts.argmax()])
+            out[labels == k] = label_of.get(best, -1)
+    return out
+
+
 class SceneClouds:
-    """Scene point clouds ((N, 7) float32: xyz metres, rgb 0..1, object-proposal label) by scene id, read
-    from ``DIR/scenes``.
+    """Scene point clouds ((N, 8) float32: xyz metres, rgb 0..1, object-proposal label, the class of the
+    object the proposal covers) by scene id, read from ``DIR/scenes``.
 
     Each whole scene is split into object proposals once (``r3d_ros.mapping.segmentation``, as the runtime
     does on its map; the label column is -1 for structure), then subsampled to ``max_points`` (seeded) and
     kept in memory: the processor subsamples again to the model's ``num_points`` each batch, and whole
     scenes (30k-150k points) would dominate data time. A processor without object tokens ignores the
-    label column."""
+    two label columns."""
 
     def __init__(self, data_dir: str | Path, max_points: int | None = 16384, seed: int = 0):
         self.scene_dir = Path(data_dir) / 'scenes'
@@ -69,8 +91,13 @@ class SceneClouds:
         with np.load(path, allow_pickle=False) as z:
             pts = np.asarray(z['points'], np.float32)
             rgb = np.asarray(z['colors'], np.float32) / 255.0
+            instance = np.asarray(z['instance']) if 'instance' in z.files else np.full(len(pts), -1)
+            meta = json.loads(str(z['objects'].reshape(-1)[0])) if 'objects' in z.files else []
+        objects = meta.get('objects', []) if isinstance(meta, dict) else meta
         cloud = np.concatenate([pts, rgb], axis=1)
-        cloud = np.concatenate([cloud, segment_objects(cloud)[:, None].astype(np.float32)], axis=1)
+        labels = segment_objects(cloud)
+        classes = proposal_classes(labels, instance, objects)
+        cloud = np.concatenate([cloud, labels[:, None].astype(np.float32), classes[:, None]], axis=1)
         if self.max_points is not None and len(cloud) > self.max_points:
             idx = np.random.default_rng(self.seed).choice(len(cloud), self.max_points, replace=False)
             cloud = cloud[np.sort(idx)]

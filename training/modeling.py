@@ -60,6 +60,12 @@ def _tiny_with_scene_encoder(model_cfg: dict, scene: dict):
                       num_points=int(model_cfg.get('num_points', 1024)))
     for k, v in scene.items():
         setattr(cfg, k, v)
+    if cfg.num_object_tokens:  # a class head over the synthetic scenes' object classes (their names as LM words)
+        from r3d_ros.model.tokenizer import word_token_ids
+        from training.data import object_class_names
+
+        cfg.object_class_names = list(object_class_names())
+        cfg.object_class_token_ids = word_token_ids(tok, cfg.object_class_names)
     torch.manual_seed(int(model_cfg.get('seed', 0)))
     model = R3DForConditionalGeneration(cfg)
     processor = R3DProcessor.for_config(tok, cfg, image_size=64)

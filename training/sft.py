@@ -32,7 +32,27 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
     val = load_records(val_path, data.get('max_eval'), tasks) if val_path.exists() and data.get('max_eval') else None
     clouds = SceneClouds(data['dir'], data.get('max_points', 16384))
     args = SFTConfig(output_dir=str(output_dir), report_to='none', **{**cfg.get('train', {}), **_FORCED})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=to_dataset(sft_rows(train)),
+    class SceneSFTTrainer(SFTTrainer):
+        """trl's SFTTrainer + the object-class loss of models with an object-class head (set by the model's
+        forward when the batch's scenes carry class targets; see ``R3DForConditionalGeneration.embed``)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            loss = result[0] if return_outputs else result
+            base = self.accelerator.unwrap_model(model)
+            base = base.get_base_model() if hasattr(base, 'get_base_model') else base
+            aux = getattr(base, 'object_class_loss', None)
+            if aux is not None:
+                base.object_class_loss = None
+                mode = 'train' if model.training else 'eval'
+                self._metrics[mode]['object_class_loss'].append(float(aux.detach()))
+                # the LM loss is already divided over the accumulation steps (num_items_in_batch): match it
+                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+                loss = loss + base.config.object_class_loss_weight * aux / steps
+            return (loss, *result[1:]) if return_outputs else loss
+
+    trainer = SceneSFTTrainer(model=model, args=args, train_dataset=to_dataset(sft_rows(train)),
                          eval_dataset=to_dataset(sft_rows(val)) if val else None,
                          processing_class=processor.tokenizer,
                          data_collator=SceneCollator(processor, clouds, data.get('max_length')),

@@ -20,7 +20,8 @@ class R3DConfig(PretrainedConfig):
                  point_feature_dim: int = 3, point_hidden_size: int = 128, point_knn: int = 16,
                  point_layers: int = 2, point_heads: int = 4, num_view_tokens: int = 4, depth_channels: int = 16,
                  scene_token_id: int = 0, view_token_id: int = 0, depth_token_id: int = 0,
-                 num_object_tokens: int = 0, object_points: int = 32, **kwargs):
+                 num_object_tokens: int = 0, object_points: int = 32, object_class_names=None,
+                 object_class_token_ids=None, object_class_loss_weight: float = 1.0, **kwargs):
         if isinstance(text_config, dict):
             text_config = AutoConfig.for_model(**text_config)
         if isinstance(vision_config, dict):
@@ -33,6 +34,10 @@ class R3DConfig(PretrainedConfig):
         self.num_view_tokens, self.depth_channels = num_view_tokens, depth_channels
         # object tokens: one per object proposal after the num_scene_tokens FPS tokens (0 = none)
         self.num_object_tokens, self.object_points = num_object_tokens, object_points
+        # object classes: names, the LM token of each name (written into the token), weight of the class loss
+        self.object_class_names = list(object_class_names or [])
+        self.object_class_token_ids = list(object_class_token_ids or [])
+        self.object_class_loss_weight = object_class_loss_weight
         self.scene_token_id, self.view_token_id, self.depth_token_id = scene_token_id, view_token_id, depth_token_id
         kwargs.setdefault('tie_word_embeddings', getattr(self.text_config, 'tie_word_embeddings', False))
         super().__init__(**kwargs)

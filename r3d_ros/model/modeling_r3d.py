@@ -70,7 +70,7 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         self.point_encoder = PointEncoder(config.point_feature_dim, config.point_hidden_size,
                                           config.num_scene_tokens, config.point_knn, config.point_layers,
                                           config.point_heads, config.num_object_tokens, config.object_points,
-                                          config.num_points)
+                                          config.num_points, len(config.object_class_token_ids))
         # paper: each encoder's output is linearly projected to the LLM hidden size
         self.scene_projector = nn.Linear(config.point_hidden_size, hidden)
         if config.use_views:
@@ -148,8 +148,12 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         embeds = self.get_input_embeddings()(input_ids)
         cfg = self.config
         scene_mask = input_ids == cfg.scene_token_id
+        self.object_class_loss = None
         if point_clouds is not None and scene_mask.any():
-            feats = self.scene_projector(self.point_encoder(point_clouds).to(self.scene_projector.weight.dtype))
+            tokens, logits = self.point_encoder.encode(point_clouds)
+            feats = self.scene_projector(tokens.to(self.scene_projector.weight.dtype))
+            if logits is not None:
+                feats = self._add_class_words(feats, tokens, logits, point_clouds)
             embeds = embeds.masked_scatter(scene_mask[..., None], feats.to(embeds.dtype))
         if cfg.use_views and view_pixel_values is not None and (input_ids == cfg.view_token_id).any():
             if view_mask is None:
@@ -163,6 +167,23 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
                 embeds = embeds.masked_scatter((input_ids == cfg.depth_token_id)[..., None],
                                                depth_feats.to(embeds.dtype))
         return embeds
+
+    def _add_class_words(self, feats, tokens, logits, point_clouds):
+        """Object tokens += expected LM word embedding of their class; sets ``object_class_loss`` when the
+        rows carry class targets (training scenes): cross-entropy over the labelled slots, read by the SFT
+        trainer (``training/sft.py``), which adds it to the LM loss."""
+        words = self.get_input_embeddings().weight[torch.tensor(self.config.object_class_token_ids,
+                                                                device=logits.device)]
+        probs = logits.float().softmax(-1)
+        start = self.config.num_scene_tokens
+        valid = (tokens[:, start:].abs().sum(-1, keepdim=True) > 0).to(feats.dtype)  # empty slots stay empty
+        class_words = (probs.to(words.dtype) @ words).to(feats.dtype)
+        feats = torch.cat([feats[:, :start], feats[:, start:] + valid * class_words], dim=1)
+        targets = self.point_encoder.object_targets(point_clouds)
+        if (targets >= 0).any():
+            self.object_class_loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                                                 ignore_index=-1)
+        return feats
 
     def forward(self, input_ids=None, attention_mask=None, point_clouds=None, view_pixel_values=None,
                 view_depths=None, view_mask=None, labels=None, inputs_embeds=None, **kwargs):

@@ -13,6 +13,12 @@ proposal's points, Fourier features of its box, and an embedding of the box writ
 writes boxes (two decimals, digit by digit): writing a box then means attending to the right proposal and
 copying its digits, instead of decoding metres from a coarse token (which a small model did not learn:
 x/y of its boxes correlated with the truth at r = 0.1). Both kinds of token share the attention blocks.
+With ``num_object_classes`` an object-class head sits on the object tokens (``encode`` returns its logits):
+the model trains it on proposals matched to labelled objects and writes the predicted class's word into the
+token (``R3DForConditionalGeneration.embed``), so "the desk" in a question can find the desk's token.
+
+Object rows have two extra columns: the proposal index (-1: scene row or empty slot), then the class index
+of the labelled object the proposal covers (-1: unknown, e.g. at run time).
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ def fourier_features(x: torch.Tensor, num_frequencies: int = 8) -> torch.Tensor:
 
 class PointEncoder(nn.Module):
     def __init__(self, feature_dim: int, hidden: int, num_tokens: int, knn: int, layers: int, heads: int,
-                 num_object_tokens: int = 0, object_points: int = 32, num_points: int = 0):
+                 num_object_tokens: int = 0, object_points: int = 32, num_points: int = 0,
+                 num_object_classes: int = 0):
         super().__init__()
         self.num_tokens, self.knn = num_tokens, knn
         self.local = nn.Sequential(nn.Linear(3 + feature_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
@@ -74,6 +81,7 @@ class PointEncoder(nn.Module):
             self.object_box = nn.Sequential(nn.Linear(6 * 16, hidden), nn.GELU(), nn.Linear(hidden, hidden))
             self.object_digits = nn.Embedding(6 * len(BOX_DIGIT_PLACES) * 10, hidden)
             self.object_type = nn.Parameter(torch.zeros(hidden))
+        self.object_classifier = nn.Linear(hidden, num_object_classes) if num_object_classes else None
 
     def _scene_tokens(self, points: torch.Tensor) -> torch.Tensor:
         xyz, feats = points[..., :3], points[..., 3:]
@@ -89,11 +97,11 @@ class PointEncoder(nn.Module):
         return local + self.position(centres)
 
     def _object_tokens(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, K*M, 3+F+1) proposal rows -> tokens (B, K, hidden), valid (B, K)."""
+        """(B, K*M, 3+F+2) proposal rows -> tokens (B, K, hidden), valid (B, K)."""
         b = rows.shape[0]
         rows = rows.reshape(b, self.num_object_tokens, self.object_points, -1)
-        valid = rows[:, :, 0, -1] >= 0
-        xyz, feats = rows[..., :3], rows[..., 3:-1]
+        valid = rows[:, :, 0, -2] >= 0
+        xyz, feats = rows[..., :3], rows[..., 3:-2]
         lo, hi = xyz.min(dim=2).values, xyz.max(dim=2).values                # (B, K, 3)
         centre, size = (lo + hi) / 2, hi - lo
         box = torch.cat([centre, size], dim=-1)                              # (B, K, 6)
@@ -103,16 +111,26 @@ class PointEncoder(nn.Module):
         tokens = local + self.object_box(fourier_features(box)) + digits + self.object_type
         return tokens * valid[..., None], valid
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
-        """points (B, N, 3 + F): xyz in metres then features (rgb 0..1, ...) -> (B, num_tokens, hidden).
+    def encode(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """points (B, N, 3 + F): xyz in metres then features (rgb 0..1, ...) -> (B, num_tokens, hidden), None.
 
-        With object tokens: (B, num_points + K * object_points, 3 + F + 1) -> (B, num_tokens + K, hidden)."""
+        With object tokens: (B, num_points + K * object_points, 3 + F + 2) -> (B, num_tokens + K, hidden) and
+        the object-class logits (B, K, C) (None without a class head)."""
         points = points.to(self.position[0].weight.dtype)  # fp32 unless the whole model was cast
         if not self.num_object_tokens:
-            return self.norm(self.blocks(self._scene_tokens(points)))
-        scene = self._scene_tokens(points[:, :self.num_points, :-1])
+            return self.norm(self.blocks(self._scene_tokens(points))), None
+        scene = self._scene_tokens(points[:, :self.num_points, :-2])
         objects, valid = self._object_tokens(points[:, self.num_points:])
         tokens = torch.cat([scene, objects], dim=1)
         keep = torch.cat([torch.ones_like(valid[:, :1]).expand(-1, scene.shape[1]), valid], dim=1)
-        out = self.norm(self.blocks(tokens, src_key_padding_mask=~keep))
-        return out * keep[..., None]
+        out = self.norm(self.blocks(tokens, src_key_padding_mask=~keep)) * keep[..., None]
+        logits = self.object_classifier(out[:, scene.shape[1]:]) if self.object_classifier is not None else None
+        return out, logits
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.encode(points)[0]
+
+    def object_targets(self, points: torch.Tensor) -> torch.Tensor:
+        """(B, K) class index per object slot from the rows' last column (-1: none)."""
+        rows = points[:, self.num_points:].reshape(points.shape[0], self.num_object_tokens, self.object_points, -1)
+        return rows[:, :, 0, -1].long()

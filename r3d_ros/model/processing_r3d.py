@@ -13,8 +13,9 @@ or 0..255 which is rescaled), sampled to ``num_points`` deterministically.
 With object tokens (``num_object_tokens`` K > 0) the cloud is also split into object proposals
 (``r3d_ros.mapping.segmentation``) and K x ``object_points`` rows follow the scene rows: each proposal's
 points (farthest-point sampled, so its extremes and thus its box are kept), and one more column holding the
-proposal index (-1 for scene rows and empty slots). A cloud that already has that column
-(``3 + point_features + 1`` columns: e.g. training scenes labelled once when loaded) is not segmented again.
+proposal index (-1 for scene rows and empty slots), then the class index of the labelled object the proposal
+covers (-1: unknown; only training scenes know it). A cloud that already has these two columns
+(``3 + point_features + 2``: training scenes, labelled once when loaded) is not segmented again.
 """
 
 from __future__ import annotations
@@ -66,17 +67,21 @@ def _farthest_rows(xyz: np.ndarray, n: int) -> np.ndarray:
     return idx
 
 
-def object_rows(cloud: np.ndarray, labels: np.ndarray, num_objects: int, points_per_object: int) -> np.ndarray:
-    """(K * M, C + 1) rows: M points of each of the K largest proposals (labels 0..K-1), then the label."""
-    out = np.zeros((num_objects * points_per_object, cloud.shape[1] + 1), np.float32)
-    out[:, -1] = -1
+def object_rows(cloud: np.ndarray, labels: np.ndarray, num_objects: int, points_per_object: int,
+                classes: np.ndarray | None = None) -> np.ndarray:
+    """(K * M, C + 2) rows: M points of each of the K largest proposals (labels 0..K-1), the proposal index,
+    then the proposal's class index from ``classes`` (per point, the same over a proposal; -1 when absent)."""
+    out = np.zeros((num_objects * points_per_object, cloud.shape[1] + 2), np.float32)
+    out[:, -2:] = -1
     for k in range(min(num_objects, int(labels.max(initial=-1)) + 1)):
         rows = np.flatnonzero(labels == k)
         if not len(rows):
             continue  # a proposal the subsampling emptied: its slot stays empty
         pick = rows[_farthest_rows(cloud[rows, :3], points_per_object)]
         sl = slice(k * points_per_object, (k + 1) * points_per_object)
-        out[sl, :-1], out[sl, -1] = cloud[pick], k
+        out[sl, :-2], out[sl, -2] = cloud[pick], k
+        if classes is not None:
+            out[sl, -1] = classes[rows[0]]
     return out
 
 
@@ -194,15 +199,16 @@ class R3DProcessor:
 
         cloud = np.asarray(cloud, np.float32)
         width = 3 + self.point_features
-        labels = None
-        if cloud.ndim == 2 and cloud.shape[1] == width + 1:
-            cloud, labels = cloud[:, :width], cloud[:, width].astype(np.int64)
+        labels = classes = None
+        if cloud.ndim == 2 and cloud.shape[1] == width + 2:
+            cloud, labels, classes = cloud[:, :width], cloud[:, width].astype(np.int64), cloud[:, width + 1]
         feats = sample_points(cloud, max(len(cloud), 1), features=self.point_features)  # all rows, rgb scaled
         if labels is None:
             labels = segment_objects(feats)
         scene = sample_points(feats, self.num_points, features=self.point_features)
-        scene = np.concatenate([scene, np.full((len(scene), 1), -1, np.float32)], axis=1)
-        return np.concatenate([scene, object_rows(feats, labels, self.num_object_tokens, self.object_points)])
+        scene = np.concatenate([scene, np.full((len(scene), 2), -1, np.float32)], axis=1)
+        rows = object_rows(feats, labels, self.num_object_tokens, self.object_points, classes)
+        return np.concatenate([scene, rows])
 
     def cloud_tensor(self, point_clouds) -> torch.Tensor:
         """(B, rows, columns) float32 tensor of :meth:`prepare_cloud` outputs."""

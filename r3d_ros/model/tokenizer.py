@@ -52,6 +52,11 @@ PHRASES = (
 )
 
 
+def word_token_ids(tokenizer, words) -> list[int]:
+    """The first token of each word as it appears mid-sentence (' trash can' -> ' trash')."""
+    return [tokenizer(' ' + w.replace('_', ' '), add_special_tokens=False)['input_ids'][0] for w in words]
+
+
 def corpus() -> list[str]:
     lines = [SYSTEM_PROMPT, ' '.join(ACTIONS), ' '.join(str(i) for i in range(100))]
     for (l1, l2), c in itertools.product(itertools.permutations(LABELS[:12], 2), COLORS):
