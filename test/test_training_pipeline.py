@@ -69,6 +69,8 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
         '--set', 'train.max_steps=4', '--set', 'train.save_steps=2', '--resume')
     steps = [d['step'] for d in log_lines(sft_dir) if 'loss' in d]
     assert steps == [1, 2, 3, 4]
+    # the object-class head is trained beside the LM (proposals matched to the toy scenes' labelled objects)
+    assert all(d.get('object_class_loss', 0) > 0 for d in log_lines(sft_dir) if 'loss' in d)
     final = sft_dir / 'final'
     R3DForConditionalGeneration.from_pretrained(str(final))    # a plain checkpoint the reasoner can load
 
