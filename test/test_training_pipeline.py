@@ -61,18 +61,20 @@ def test_help_of_every_command():
 
 def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     sft_dir, grpo_dir = tmp_path / 'sft', tmp_path / 'grpo'
-    run('sft', '--config', 'tiny_sft', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
+    # the object-token variant, so the smoke run covers proposals, object tokens and the class head end to end
+    run('sft', '--config', 'tiny_sft_objects', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
         '--set', 'train.max_steps=2', '--set', 'train.save_steps=2')
     assert (sft_dir / 'checkpoint-2').is_dir()
     # resumable: a second run continues from checkpoint-2 instead of starting over
-    run('sft', '--config', 'tiny_sft', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
+    run('sft', '--config', 'tiny_sft_objects', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
         '--set', 'train.max_steps=4', '--set', 'train.save_steps=2', '--resume')
     steps = [d['step'] for d in log_lines(sft_dir) if 'loss' in d]
     assert steps == [1, 2, 3, 4]
     # the object-class head is trained beside the LM (proposals matched to the toy scenes' labelled objects)
     assert all(d.get('object_class_loss', 0) > 0 for d in log_lines(sft_dir) if 'loss' in d)
     final = sft_dir / 'final'
-    R3DForConditionalGeneration.from_pretrained(str(final))    # a plain checkpoint the reasoner can load
+    loaded = R3DForConditionalGeneration.from_pretrained(str(final))    # a plain checkpoint the reasoner can load
+    assert loaded.config.num_object_tokens == 32 and len(loaded.config.object_class_token_ids) > 0
 
     run('grpo', '--config', 'tiny_grpo', '--data', str(toy_dir), '--model', str(final),
         '--output-dir', str(grpo_dir), *SMALL, '--set', 'train.max_steps=2', '--set', 'train.num_generations=4',

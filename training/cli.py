@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--name', help='row name in the results table (default: the model path or "answer prior")')
     p.add_argument('--out', required=True, help='results JSON (predictions go beside it as .predictions.jsonl)')
     p.add_argument('--limit', type=int, help='evaluate at most this many records')
+    p.add_argument('--max-points', type=int, default=8192, help="points kept per scene (the training config's "
+                   'data.max_points)')
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--max-new-tokens', type=int, default=256)
     p.add_argument('--device', default='cpu')
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--split', default='val', choices=('train', 'val', 'test'))
     p.add_argument('--out-dir', required=True, help='per-candidate results JSON + selection.json go here')
     p.add_argument('--limit', type=int, help='score on the first N records of the split')
+    p.add_argument('--max-points', type=int, default=8192, help="points kept per scene (the training config's "
+                   'data.max_points)')
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--max-new-tokens', type=int, default=512)
     p.add_argument('--device', default='cpu')
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         name = args.name or ('answer prior' if args.prior else str(args.model))
-        clouds = SceneClouds(args.data)
+        clouds = SceneClouds(args.data, args.max_points)
         if args.swap_scenes:
             ids = sorted({r.scene_id for r in records})
             other = dict(zip(ids, ids[1:] + ids[:1]))
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.evaluate import select_checkpoint
 
         records = load_records(split_path(args.data, args.split), args.limit)
-        best = select_checkpoint(args.checkpoints, records, SceneClouds(args.data), args.out_dir,
+        best = select_checkpoint(args.checkpoints, records, SceneClouds(args.data, args.max_points), args.out_dir,
                                  args.batch_size, args.max_new_tokens, args.device, args.encoder)
         if args.link:
             link = Path(args.link)

@@ -75,11 +75,12 @@ class SceneClouds:
     does on its map; the label column is -1 for structure), then subsampled to ``max_points`` (seeded) and
     kept in memory: the processor subsamples again to the model's ``num_points`` each batch, and whole
     scenes (30k-150k points) would dominate data time. A processor without object tokens ignores the
-    two label columns."""
+    two label columns; ``segment=False`` skips the proposals (both columns -1) for models without object
+    tokens."""
 
-    def __init__(self, data_dir: str | Path, max_points: int | None = 16384, seed: int = 0):
+    def __init__(self, data_dir: str | Path, max_points: int | None = 8192, seed: int = 0, segment: bool = True):
         self.scene_dir = Path(data_dir) / 'scenes'
-        self.max_points, self.seed = max_points, seed
+        self.max_points, self.seed, self.segment = max_points, seed, segment
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one store per run; the cache is the point
     def __getitem__(self, scene_id: str) -> np.ndarray:
@@ -95,7 +96,7 @@ class SceneClouds:
             meta = json.loads(str(z['objects'].reshape(-1)[0])) if 'objects' in z.files else []
         objects = meta.get('objects', []) if isinstance(meta, dict) else meta
         cloud = np.concatenate([pts, rgb], axis=1)
-        labels = segment_objects(cloud)
+        labels = segment_objects(cloud) if self.segment else np.full(len(cloud), -1, np.int64)
         classes = proposal_classes(labels, instance, objects)
         cloud = np.concatenate([cloud, labels[:, None].astype(np.float32), classes[:, None]], axis=1)
         if self.max_points is not None and len(cloud) > self.max_points:

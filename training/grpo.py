@@ -166,7 +166,8 @@ def build_grpo_trainer(cfg: dict, output_dir: str | Path, model=None, processor=
     return SceneGRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                             train_dataset=to_dataset(grpo_rows(train, processor)),
                             processing_class=processor.tokenizer,
-                            scene_clouds=SceneClouds(data['dir'], data.get('max_points', 16384)),
+                            scene_clouds=SceneClouds(data['dir'], data.get('max_points', 8192),
+                                                      segment=processor.num_object_tokens > 0),
                             scene_processor=processor,
                             callbacks=[make_log_callback(output_dir / 'log.jsonl'), make_processor_saver(processor)])
 

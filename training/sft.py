@@ -30,7 +30,7 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
     train = load_records(split_path(data['dir'], 'train'), data.get('max_train'), tasks)
     val_path = split_path(data['dir'], 'val')
     val = load_records(val_path, data.get('max_eval'), tasks) if val_path.exists() and data.get('max_eval') else None
-    clouds = SceneClouds(data['dir'], data.get('max_points', 16384))
+    clouds = SceneClouds(data['dir'], data.get('max_points', 8192), segment=processor.num_object_tokens > 0)
     args = SFTConfig(output_dir=str(output_dir), report_to='none', **{**cfg.get('train', {}), **_FORCED})
     class SceneSFTTrainer(SFTTrainer):
         """trl's SFTTrainer + the object-class loss of models with an object-class head (set by the model's
