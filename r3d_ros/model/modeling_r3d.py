@@ -73,6 +73,8 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
                                           config.num_points, len(config.object_class_token_ids))
         # paper: each encoder's output is linearly projected to the LLM hidden size
         self.scene_projector = nn.Linear(config.point_hidden_size, hidden)
+        if config.num_object_tokens:  # the proposals' boxes straight to the LM (see point_encoder's docstring)
+            self.object_box_projector = nn.Linear(config.point_hidden_size, hidden)
         if config.use_views:
             self.vision_tower = AutoModel.from_config(config.vision_config)
             self.view_projector = nn.Linear(config.vision_config.hidden_size, hidden)
@@ -152,6 +154,8 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         if point_clouds is not None and scene_mask.any():
             tokens, logits = self.point_encoder.encode(point_clouds)
             feats = self.scene_projector(tokens.to(self.scene_projector.weight.dtype))
+            if cfg.num_object_tokens:
+                feats = self._add_object_boxes(feats, tokens, point_clouds)
             if logits is not None:
                 feats = self._add_class_words(feats, tokens, logits, point_clouds)
             embeds = embeds.masked_scatter(scene_mask[..., None], feats.to(embeds.dtype))
@@ -167,6 +171,14 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
                 embeds = embeds.masked_scatter((input_ids == cfg.depth_token_id)[..., None],
                                                depth_feats.to(embeds.dtype))
         return embeds
+
+    def _add_object_boxes(self, feats, tokens, point_clouds):
+        """Object tokens += projected box features (Fourier + written digits); empty slots stay empty."""
+        start, enc = self.config.num_scene_tokens, self.point_encoder
+        rows = point_clouds[:, enc.num_points:].to(enc.position[0].weight.dtype)
+        boxes = self.object_box_projector(enc.object_box_features(rows)).to(feats.dtype)
+        valid = (tokens[:, start:].abs().sum(-1, keepdim=True) > 0).to(feats.dtype)
+        return torch.cat([feats[:, :start], feats[:, start:] + valid * boxes], dim=1)
 
     def _add_class_words(self, feats, tokens, logits, point_clouds):
         """Object tokens += expected LM word embedding of their class; sets ``object_class_loss`` when the

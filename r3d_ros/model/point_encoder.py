@@ -96,19 +96,26 @@ class PointEncoder(nn.Module):
         local = self.local(torch.cat([group_xyz, group_feat], -1)).max(dim=2).values
         return local + self.position(centres)
 
-    def _object_tokens(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, K*M, 3+F+2) proposal rows -> tokens (B, K, hidden), valid (B, K)."""
-        b = rows.shape[0]
-        rows = rows.reshape(b, self.num_object_tokens, self.object_points, -1)
-        valid = rows[:, :, 0, -2] >= 0
-        xyz, feats = rows[..., :3], rows[..., 3:-2]
-        lo, hi = xyz.min(dim=2).values, xyz.max(dim=2).values                # (B, K, 3)
-        centre, size = (lo + hi) / 2, hi - lo
-        box = torch.cat([centre, size], dim=-1)                              # (B, K, 6)
-        local = self.object_local(torch.cat([xyz - centre[:, :, None], feats], -1)).max(dim=2).values
+    def _object_boxes(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K*M, 3+F+2) proposal rows -> (B, K, M, 3+F+2) rows, boxes (B, K, 6) from their min/max."""
+        rows = rows.reshape(rows.shape[0], self.num_object_tokens, self.object_points, -1)
+        lo, hi = rows[..., :3].min(dim=2).values, rows[..., :3].max(dim=2).values
+        return rows, torch.cat([(lo + hi) / 2, hi - lo], dim=-1)
+
+    def object_box_features(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, K, hidden): the boxes' Fourier features + their written digits, for the model's direct box path."""
+        _, box = self._object_boxes(rows)
         slots = torch.arange(6 * len(BOX_DIGIT_PLACES), device=rows.device).reshape(6, -1) * 10
         digits = self.object_digits(box_digits(box.detach()) + slots).sum(dim=(-3, -2))
-        tokens = local + self.object_box(fourier_features(box)) + digits + self.object_type
+        return self.object_box(fourier_features(box)) + digits
+
+    def _object_tokens(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K*M, 3+F+2) proposal rows -> tokens (B, K, hidden), valid (B, K)."""
+        grouped, box = self._object_boxes(rows)
+        valid = grouped[:, :, 0, -2] >= 0
+        xyz, feats = grouped[..., :3], grouped[..., 3:-2]
+        local = self.object_local(torch.cat([xyz - box[:, :, None, :3], feats], -1)).max(dim=2).values
+        tokens = local + self.object_box_features(rows) + self.object_type
         return tokens * valid[..., None], valid
 
     def encode(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
