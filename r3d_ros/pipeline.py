@@ -216,7 +216,8 @@ class ScenePipeline:
         result.timings['new_tokens'] = int(new_tokens.numel())
         if stop_event is not None and stop_event.is_set():
             result.status, result.message = STATUS_CANCELLED, 'cancelled while decoding'
-        text = self.processor.batch_decode(new_tokens[None], skip_special_tokens=False)[0]
+        text = self.processor.batch_decode(new_tokens[None], skip_special_tokens=False,
+                                           point_clouds=batch.get('point_clouds'))[0]
         text = _strip_special(text, tokenizer)
         parsed = parse_completion(text)
         result.raw, result.think, result.answer = text, parsed.think, parsed.answer

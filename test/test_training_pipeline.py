@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from r3d_ros.model import R3DForConditionalGeneration
+from r3d_ros.model import R3DForConditionalGeneration, R3DProcessor
 from training.config import load_config
 from training.toy_data import write_toy_dataset
 
@@ -61,12 +61,13 @@ def test_help_of_every_command():
 
 def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     sft_dir, grpo_dir = tmp_path / 'sft', tmp_path / 'grpo'
-    # the object-token variant, so the smoke run covers proposals, object tokens and the class head end to end
-    run('sft', '--config', 'tiny_sft_objects', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
+    # the object-identifier variant, so the smoke run covers proposals, object tokens, the class head and boxes
+    # written as <obj_k> references end to end
+    run('sft', '--config', 'tiny_sft_refs', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
         '--set', 'train.max_steps=2', '--set', 'train.save_steps=2')
     assert (sft_dir / 'checkpoint-2').is_dir()
     # resumable: a second run continues from checkpoint-2 instead of starting over
-    run('sft', '--config', 'tiny_sft_objects', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
+    run('sft', '--config', 'tiny_sft_refs', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
         '--set', 'train.max_steps=4', '--set', 'train.save_steps=2', '--resume')
     steps = [d['step'] for d in log_lines(sft_dir) if 'loss' in d]
     assert steps == [1, 2, 3, 4]
@@ -75,8 +76,9 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     final = sft_dir / 'final'
     loaded = R3DForConditionalGeneration.from_pretrained(str(final))    # a plain checkpoint the reasoner can load
     assert loaded.config.num_object_tokens == 32 and len(loaded.config.object_class_token_ids) > 0
+    assert len(loaded.config.object_ref_token_ids) == 32 and R3DProcessor.from_pretrained(str(final)).object_refs
 
-    run('grpo', '--config', 'tiny_grpo', '--data', str(toy_dir), '--model', str(final),
+    run('grpo', '--config', 'tiny_grpo_refs', '--data', str(toy_dir), '--model', str(final),
         '--output-dir', str(grpo_dir), *SMALL, '--set', 'train.max_steps=2', '--set', 'train.num_generations=4',
         '--set', 'train.gradient_accumulation_steps=1', '--set', 'train.max_completion_length=12',
         '--set', 'train.save_steps=2')

@@ -147,7 +147,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
         with torch.no_grad():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress)
-        out += processor.batch_decode(ids[:, batch['input_ids'].shape[1]:])
+        out += processor.batch_decode(ids[:, batch['input_ids'].shape[1]:], point_clouds=batch['point_clouds'])
     return out
 
 

@@ -103,7 +103,12 @@ class SceneGRPOTrainer(GRPOTrainer):
         drop = [t for t in (tok.pad_token, tok.eos_token) if t]
         for t in drop:
             texts = [x.replace(t, '') for x in texts]
-        out[3] = [x.strip() for x in texts]
+        texts = [x.strip() for x in texts]
+        clouds = self._scene_inputs.get('point_clouds')
+        if getattr(self.scene_processor, 'object_refs', False) and clouds is not None:
+            # <obj_k> -> slot k's proposal box, so the rewards read boxes (the ids stay as sampled)
+            texts = [self.scene_processor.resolve_object_refs(t, c) for t, c in zip(texts, clouds)]
+        out[3] = texts
         return tuple(out)
 
     def _compute_loss(self, model, inputs):

@@ -56,10 +56,16 @@ def _tiny_with_scene_encoder(model_cfg: dict, scene: dict):
     from r3d_ros.model.presets import tiny_config, tiny_tokenizer
 
     tok = tiny_tokenizer()
+    refs = []
+    if model_cfg.get('object_refs') and scene.get('num_object_tokens'):
+        from r3d_ros.model.tokenizer import add_object_refs
+
+        refs = add_object_refs(tok, scene['num_object_tokens'])   # before the config: the vocabulary grows
     cfg = tiny_config(tok, with_views=bool(model_cfg.get('with_views', False)),
                       num_points=int(model_cfg.get('num_points', 1024)))
     for k, v in scene.items():
         setattr(cfg, k, v)
+    cfg.object_ref_token_ids = refs
     if cfg.num_object_tokens:  # a class head over the synthetic scenes' object classes (their names as LM words)
         from r3d_ros.model.tokenizer import word_token_ids
         from training.data import object_class_names
@@ -75,7 +81,8 @@ def _tiny_with_scene_encoder(model_cfg: dict, scene: dict):
 def load_model_and_processor(model_cfg: dict):
     """(model, processor) from the ``model:`` section of a training config.
 
-    * ``preset: tiny``  - a fresh tiny R3D model (``with_views``, ``num_points``, ``seed``)
+    * ``preset: tiny``  - a fresh tiny R3D model (``with_views``, ``num_points``, ``seed``; the scene-encoder
+      sizes of ``SCENE_ENCODER_KEYS``; ``object_refs: true`` adds the ``<obj_k>`` identifier tokens)
     * ``path: DIR``     - a saved R3D checkpoint (model + processor), e.g. the SFT output for GRPO
     * ``backbone: DIR`` - a Qwen2/2.5/3 causal LM by path (+ ``vision_tower: DIR``): paper-style model
     ``lora: {...}`` wraps the result with peft LoRA (paper: last 8 blocks, rank 12, alpha 16).

@@ -21,7 +21,8 @@ class R3DConfig(PretrainedConfig):
                  point_layers: int = 2, point_heads: int = 4, num_view_tokens: int = 4, depth_channels: int = 16,
                  scene_token_id: int = 0, view_token_id: int = 0, depth_token_id: int = 0,
                  num_object_tokens: int = 0, object_points: int = 32, object_class_names=None,
-                 object_class_token_ids=None, object_class_loss_weight: float = 1.0, **kwargs):
+                 object_class_token_ids=None, object_class_loss_weight: float = 1.0, object_ref_token_ids=None,
+                 **kwargs):
         if isinstance(text_config, dict):
             text_config = AutoConfig.for_model(**text_config)
         if isinstance(vision_config, dict):
@@ -38,6 +39,8 @@ class R3DConfig(PretrainedConfig):
         self.object_class_names = list(object_class_names or [])
         self.object_class_token_ids = list(object_class_token_ids or [])
         self.object_class_loss_weight = object_class_loss_weight
+        # identifier token of each object slot (<obj_k>): added to slot k's token, written to refer to it
+        self.object_ref_token_ids = list(object_ref_token_ids or [])
         self.scene_token_id, self.view_token_id, self.depth_token_id = scene_token_id, view_token_id, depth_token_id
         kwargs.setdefault('tie_word_embeddings', getattr(self.text_config, 'tie_word_embeddings', False))
         super().__init__(**kwargs)
@@ -46,6 +49,10 @@ class R3DConfig(PretrainedConfig):
     def num_scene_placeholders(self) -> int:
         """``<scene>`` placeholders per prompt: FPS tokens + object tokens."""
         return self.num_scene_tokens + self.num_object_tokens
+
+    @property
+    def use_object_refs(self) -> bool:
+        return bool(self.object_ref_token_ids) and self.num_object_tokens > 0
 
     @property
     def use_views(self) -> bool:

@@ -158,6 +158,8 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
                 feats = self._add_object_boxes(feats, tokens, point_clouds)
             if logits is not None:
                 feats = self._add_class_words(feats, tokens, logits, point_clouds)
+            if cfg.use_object_refs:
+                feats = self._add_object_refs(feats, tokens)
             embeds = embeds.masked_scatter(scene_mask[..., None], feats.to(embeds.dtype))
         if cfg.use_views and view_pixel_values is not None and (input_ids == cfg.view_token_id).any():
             if view_mask is None:
@@ -179,6 +181,16 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         boxes = self.object_box_projector(enc.object_box_features(rows)).to(feats.dtype)
         valid = (tokens[:, start:].abs().sum(-1, keepdim=True) > 0).to(feats.dtype)
         return torch.cat([feats[:, :start], feats[:, start:] + valid * boxes], dim=1)
+
+    def _add_object_refs(self, feats, tokens):
+        """Object slot k += the input embedding of its identifier token ``<obj_k>``, so that writing
+        ``<obj_k>`` after ``<box>`` is a copy of the identifier of the slot attended to (Chat-Scene's object
+        identifiers) instead of six numbers written digit by digit."""
+        ids = torch.tensor(self.config.object_ref_token_ids, device=feats.device)
+        refs = self.get_input_embeddings()(ids).to(feats.dtype)                    # (K, H)
+        start = self.config.num_scene_tokens
+        valid = (tokens[:, start:].abs().sum(-1, keepdim=True) > 0).to(feats.dtype)  # empty slots stay empty
+        return torch.cat([feats[:, :start], feats[:, start:] + valid * refs[None]], dim=1)
 
     def _add_class_words(self, feats, tokens, logits, point_clouds):
         """Object tokens += expected LM word embedding of their class; sets ``object_class_loss`` when the

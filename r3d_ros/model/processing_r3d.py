@@ -16,21 +16,32 @@ points (farthest-point sampled, so its extremes and thus its box are kept), and 
 proposal index (-1 for scene rows and empty slots), then the class index of the labelled object the proposal
 covers (-1: unknown; only training scenes know it). A cloud that already has these two columns
 (``3 + point_features + 2``: training scenes, labelled once when loaded) is not segmented again.
+
+With object identifiers (``object_refs``; the model's ``object_ref_token_ids``) a box may refer to a proposal
+instead of spelling its numbers: ``<box>desk_4 <obj_7></box>``. Training targets are rewritten that way where a
+proposal matches the true box (:meth:`R3DProcessor.refer_boxes`, IoU >= ``REFER_MIN_IOU``), and decoding
+writes the proposal's box back (:meth:`R3DProcessor.resolve_object_refs`), so every consumer of a completion
+still sees ``<box>name x y z dx dy dz</box>``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature
 
-from r3d_ros.model.tokenizer import ASSISTANT, DEPTH, SCENE, SYSTEM, USER, VIEW
+from r3d_ros.model.tokenizer import ASSISTANT, DEPTH, OBJECT_REF, SCENE, SYSTEM, USER, VIEW
 from r3d_ros.output_format import SYSTEM_PROMPT
 
 CONFIG_NAME = 'r3d_processor.json'
+#: A target box is written as a proposal reference when some proposal overlaps it at least this much.
+REFER_MIN_IOU = 0.25
+_TARGET_BOX = re.compile(r'<box>(?P<ref>\s*\S+\s+)(?P<nums>[-+0-9.]+(?:\s+[-+0-9.]+){5})\s*</box>')
+_REF_TOKEN = re.compile(re.escape(OBJECT_REF).replace(r'\{\}', r'(\d+)'))
 
 
 def sample_points(cloud: np.ndarray, n: int, seed: int = 0, features: int = 3) -> np.ndarray:
@@ -95,20 +106,22 @@ class R3DProcessor:
                  image_size: int = 64, max_depth: float = 10.0, point_features: int = 3,
                  image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
                  image_std: tuple[float, float, float] = (0.5, 0.5, 0.5), num_object_tokens: int = 0,
-                 object_points: int = 32):
+                 object_points: int = 32, object_refs: bool = False):
         self.tokenizer = tokenizer
         self.num_points, self.num_scene_tokens = num_points, num_scene_tokens
         self.num_view_tokens, self.image_size, self.max_depth = num_view_tokens, image_size, max_depth
         self.point_features = point_features
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.num_object_tokens, self.object_points = num_object_tokens, object_points
+        self.object_refs = bool(object_refs and num_object_tokens)
 
     @classmethod
     def for_config(cls, tokenizer, config, **kwargs) -> R3DProcessor:
         """The processor that matches an :class:`R3DConfig` (token counts, points, features)."""
         return cls(tokenizer, num_points=config.num_points, num_scene_tokens=config.num_scene_tokens,
                    num_view_tokens=config.num_view_tokens, point_features=config.point_feature_dim,
-                   num_object_tokens=config.num_object_tokens, object_points=config.object_points, **kwargs)
+                   num_object_tokens=config.num_object_tokens, object_points=config.object_points,
+                   object_refs=getattr(config, 'use_object_refs', False), **kwargs)
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -116,7 +129,7 @@ class R3DProcessor:
                 'num_view_tokens': self.num_view_tokens, 'image_size': self.image_size, 'max_depth': self.max_depth,
                 'point_features': self.point_features, 'image_mean': list(self.image_mean),
                 'image_std': list(self.image_std), 'num_object_tokens': self.num_object_tokens,
-                'object_points': self.object_points}
+                'object_points': self.object_points, 'object_refs': self.object_refs}
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
@@ -165,6 +178,9 @@ class R3DProcessor:
         prompts = [self.prompt(q, k) for q, k in zip(questions, view_counts)]
         tok = self.tokenizer
         side = padding_side or ('right' if targets is not None else 'left')
+        clouds = self.cloud_tensor(point_clouds)
+        if targets is not None and self.object_refs:
+            targets = [self.refer_boxes(t, c) for t, c in zip(targets, clouds)]
         rows, label_rows = [], []
         for i, p in enumerate(prompts):
             ids = tok(p, add_special_tokens=False)['input_ids']
@@ -183,7 +199,7 @@ class R3DProcessor:
             input_ids[i, sl] = torch.tensor(ids)
             attention[i, sl] = 1
             labels[i, sl] = torch.tensor(lab)
-        data = {'input_ids': input_ids, 'attention_mask': attention, 'point_clouds': self.cloud_tensor(point_clouds)}
+        data = {'input_ids': input_ids, 'attention_mask': attention, 'point_clouds': clouds}
         if targets is not None:
             data['labels'] = labels
         if max(view_counts) > 0:
@@ -214,10 +230,59 @@ class R3DProcessor:
         """(B, rows, columns) float32 tensor of :meth:`prepare_cloud` outputs."""
         return torch.from_numpy(np.stack([self.prepare_cloud(c) for c in point_clouds]))
 
-    def batch_decode(self, ids, skip_special_tokens: bool = False) -> list[str]:
-        """Decode completions keeping the think/answer/box/plan markers (special tokens) but not pad/eos."""
+    # -- object identifiers ------------------------------------------------------------------
+    def object_boxes(self, cloud) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Slot -> (centre, size) of each non-empty object slot of a :meth:`prepare_cloud` output: the
+        axis-aligned box of the proposal's rows (farthest-point sampled, so its extremes are among them)."""
+        if hasattr(cloud, 'detach'):
+            cloud = cloud.detach().float().cpu().numpy()
+        rows = np.asarray(cloud, np.float32)[self.num_points:]
+        out = {}
+        for k in range(self.num_object_tokens):
+            part = rows[k * self.object_points:(k + 1) * self.object_points]
+            if len(part) and part[0, -2] >= 0:
+                lo, hi = part[:, :3].min(0), part[:, :3].max(0)
+                out[k] = ((lo + hi) / 2, hi - lo)
+        return out
+
+    def refer_boxes(self, completion: str, cloud) -> str:
+        """A training target with each ``<box>ref x y z dx dy dz</box>`` that a proposal of ``cloud`` matches
+        (best 3D IoU >= ``REFER_MIN_IOU``) written as ``<box>ref <obj_k></box>``; other boxes are kept."""
+        from r3d_ros.evaluation.metrics import box_iou_3d
+        from r3d_ros.output_format import Box
+
+        boxes = self.object_boxes(cloud)
+
+        def refer(m: re.Match) -> str:
+            nums = [float(v) for v in m['nums'].split()]
+            truth = Box('t', tuple(nums[:3]), tuple(nums[3:]))
+            ious = {k: box_iou_3d(truth, Box('p', tuple(c), tuple(s))) for k, (c, s) in boxes.items()}
+            best = max(ious, key=ious.get, default=None)
+            if best is None or ious[best] < REFER_MIN_IOU:
+                return m[0]
+            return f'<box>{m["ref"]}{OBJECT_REF.format(best)}</box>'
+        return _TARGET_BOX.sub(refer, completion)
+
+    def resolve_object_refs(self, text: str, cloud) -> str:
+        """``<obj_k>`` -> the numbers of slot k's proposal box (``x y z dx dy dz``, centimetres); a reference
+        to an empty or unknown slot is left as written (its box then does not parse)."""
+        boxes = self.object_boxes(cloud)
+
+        def resolve(m: re.Match) -> str:
+            box = boxes.get(int(m[1]))
+            if box is None:
+                return m[0]
+            return ' '.join(f'{v:.2f}' for v in (*box[0], *box[1]))
+        return _REF_TOKEN.sub(resolve, text)
+
+    def batch_decode(self, ids, skip_special_tokens: bool = False, point_clouds=None) -> list[str]:
+        """Decode completions keeping the think/answer/box/plan markers (special tokens) but not pad/eos.
+        With ``point_clouds`` (the batch's, row-aligned) object references are resolved to boxes."""
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
         if skip_special_tokens:
             return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         pad, eos = self.tokenizer.pad_token, self.tokenizer.eos_token
-        return [(t.replace(pad, '') if pad else t).split(eos)[0].strip() for t in texts]
+        texts = [(t.replace(pad, '') if pad else t).split(eos)[0].strip() for t in texts]
+        if self.object_refs and point_clouds is not None:
+            texts = [self.resolve_object_refs(t, c) for t, c in zip(texts, point_clouds)]
+        return texts

@@ -90,6 +90,22 @@ def scene_corpus(num_scenes: int = 40) -> list[str]:
     return lines
 
 
+#: Object identifier token of object-token slot k (``<obj_k>``, Chat-Scene's object identifiers): a box whose
+#: numbers are an object proposal's is written as ``<box>ref <obj_k></box>`` and the processor writes the
+#: proposal's numbers back in (``R3DProcessor.resolve_object_refs``).
+OBJECT_REF = '<obj_{}>'
+
+
+def add_object_refs(tokenizer, count: int) -> list[int]:
+    """Add the identifier tokens ``<obj_0>`` … ``<obj_{count-1}>`` (special, so never split) and return their
+    ids in slot order. Resize the model's embeddings to ``len(tokenizer)`` afterwards."""
+    names = [OBJECT_REF.format(k) for k in range(count)]
+    missing = [t for t in names if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({'additional_special_tokens': missing}, replace_extra_special_tokens=False)
+    return [int(i) for i in tokenizer.convert_tokens_to_ids(names)]
+
+
 def prepare_tokenizer(tokenizer) -> int:
     """Make a backbone's tokenizer (e.g. Qwen2.5's) usable by R3D: add the placeholder and grammar markers
     as special tokens, and a pad token if it has none. Returns how many tokens were added (resize the
