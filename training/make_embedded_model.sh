@@ -2,8 +2,8 @@
 # Rebuild the embedded default model (r3d_ros/assets/r3d_tiny) and its held-out table on a CPU, one thread per
 # stage. Wall times on the shared 2-core dev VM are in training/README.md ("The embedded default model").
 #   data    r3d-make-data: 320 scenes (256 train / 32 val / 32 test)
-#   sft     tiny_sft  (3 epochs, 1,344 steps)
-#   grpo    tiny_grpo from the SFT model (100 steps, a checkpoint every 20)
+#   sft     tiny_sft_refs  (3 epochs, 1,344 steps; object tokens whose boxes are referred to as <obj_k>)
+#   grpo    tiny_grpo_refs from the SFT model (100 steps, a checkpoint every 20)
 #   select  the SFT model and every GRPO checkpoint, greedy-decoded on the first 224 val records; the highest
 #           Format + Acc@0.25 + SemSim wins (the SFT model first: GRPO has to beat it to be chosen)
 #   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint) on the test split; the table
@@ -14,22 +14,23 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 bin=.venv/bin
 data=data/embedded sft=runs/embedded_sft grpo=runs/embedded_grpo
+points=(--max-points 16384)   # the scene clouds the SFT and GRPO configs train on (data.max_points)
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(data sft grpo select test ship)
 t() { local s=$SECONDS; "$@"; echo "[$(date +%T)] $* : $((SECONDS - s)) s" >&2; }
 for stage in "${stages[@]}"; do
   case $stage in
     data)   t $bin/r3d-make-data --scenes 320 --out $data --no-progress ;;
-    sft)    t $bin/r3d-train sft  --config tiny_sft  --data $data --output-dir $sft ;;
-    grpo)   t $bin/r3d-train grpo --config tiny_grpo --data $data --model $sft/final --output-dir $grpo ;;
-    select) t $bin/r3d-train select --data $data --split val --limit 224 --out-dir results/val \
+    sft)    t $bin/r3d-train sft  --config tiny_sft_refs  --data $data --output-dir $sft ;;
+    grpo)   t $bin/r3d-train grpo --config tiny_grpo_refs --data $data --model $sft/final --output-dir $grpo ;;
+    select) t $bin/r3d-train select --data $data --split val --limit 224 "${points[@]}" --out-dir results/val \
                 --link $grpo/selected $sft/final $(ls -d $grpo/checkpoint-* | sort -t- -k2 -n) ;;
     test)
       mkdir -p results
       t $bin/r3d-train evaluate --data $data --prior --name "answer prior" --out results/prior.json
-      t $bin/r3d-train evaluate --data $data --model $sft/final --name "SFT only" --max-new-tokens 512 \
+      t $bin/r3d-train evaluate --data $data --model $sft/final --name "SFT only" --max-new-tokens 512 "${points[@]}" \
           --out results/sft.json
-      t $bin/r3d-train evaluate --data $data --model $grpo/selected --name "SFT + GRPO" --max-new-tokens 512 \
+      t $bin/r3d-train evaluate --data $data --model $grpo/selected --name "SFT + GRPO" --max-new-tokens 512 "${points[@]}" \
           --out results/grpo.json
       $bin/r3d-train table results/prior.json results/sft.json results/grpo.json | tee results/table.md ;;
     ship)
