@@ -52,6 +52,8 @@ _FULL = re.compile(
     r'\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*', re.DOTALL)
 _BOX = re.compile(
     rf'<box>\s*(?P<ref>{_REF})\s+(?P<nums>(?:{_NUM}\s+){{5}}{_NUM})\s*</box>')
+#: One well-formed box (groups ``ref`` and ``nums``), for code that rewrites boxes in place.
+BOX_PATTERN = _BOX
 _STEP = re.compile(
     rf'<step>\s*(?P<action>{_REF})\s+(?P<ref>{_REF})\s+(?P<nums>(?:{_NUM}\s+){{2}}{_NUM})\s*</step>')
 _PLAN = re.compile(r'<plan>(?P<body>.*?)</plan>', re.DOTALL)

@@ -3,7 +3,7 @@
 # stage. Wall times on the shared 2-core dev VM are in training/README.md ("The embedded default model").
 #   data    r3d-make-data: 320 scenes (256 train / 32 val / 32 test)
 #   sft     tiny_sft_refs  (3 epochs, 1,344 steps; object tokens whose boxes are referred to as <obj_k>)
-#   grpo    tiny_grpo_refs from the SFT model (100 steps, a checkpoint every 20)
+#   grpo    tiny_grpo_refs from the SFT model (50 steps x 16 prompts, a checkpoint every 10)
 #   select  the SFT model and every GRPO checkpoint, greedy-decoded on the first 224 val records; the highest
 #           Format + Acc@0.25 + SemSim wins (the SFT model first: GRPO has to beat it to be chosen)
 #   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint) on the test split; the table

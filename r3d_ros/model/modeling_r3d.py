@@ -174,13 +174,19 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
                                                depth_feats.to(embeds.dtype))
         return embeds
 
+    def _add_to_object_slots(self, feats, tokens, extra):
+        """``feats`` with ``extra`` ((B or 1, K, H)) added to the K object slots that hold a proposal; the FPS
+        scene tokens and empty slots (all-zero encoder output) are left as they are."""
+        start = self.config.num_scene_tokens
+        valid = (tokens[:, start:].abs().sum(-1, keepdim=True) > 0).to(feats.dtype)
+        return torch.cat([feats[:, :start], feats[:, start:] + valid * extra], dim=1)
+
     def _add_object_boxes(self, feats, tokens, point_clouds):
         """Object tokens += projected box features (Fourier + written digits); empty slots stay empty."""
-        start, enc = self.config.num_scene_tokens, self.point_encoder
+        enc = self.point_encoder
         rows = point_clouds[:, enc.num_points:].to(enc.position[0].weight.dtype)
         boxes = self.object_box_projector(enc.object_box_features(rows)).to(feats.dtype)
-        valid = (tokens[:, start:].abs().sum(-1, keepdim=True) > 0).to(feats.dtype)
-        return torch.cat([feats[:, :start], feats[:, start:] + valid * boxes], dim=1)
+        return self._add_to_object_slots(feats, tokens, boxes)
 
     def _add_object_refs(self, feats, tokens):
         """Object slot k += the input embedding of its identifier token ``<obj_k>``, so that writing
@@ -188,9 +194,7 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         identifiers) instead of six numbers written digit by digit."""
         ids = torch.tensor(self.config.object_ref_token_ids, device=feats.device)
         refs = self.get_input_embeddings()(ids).to(feats.dtype)                    # (K, H)
-        start = self.config.num_scene_tokens
-        valid = (tokens[:, start:].abs().sum(-1, keepdim=True) > 0).to(feats.dtype)  # empty slots stay empty
-        return torch.cat([feats[:, :start], feats[:, start:] + valid * refs[None]], dim=1)
+        return self._add_to_object_slots(feats, tokens, refs[None])
 
     def _add_class_words(self, feats, tokens, logits, point_clouds):
         """Object tokens += expected LM word embedding of their class; sets ``object_class_loss`` when the
@@ -199,10 +203,8 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         words = self.get_input_embeddings().weight[torch.tensor(self.config.object_class_token_ids,
                                                                 device=logits.device)]
         probs = logits.float().softmax(-1)
-        start = self.config.num_scene_tokens
-        valid = (tokens[:, start:].abs().sum(-1, keepdim=True) > 0).to(feats.dtype)  # empty slots stay empty
         class_words = (probs.to(words.dtype) @ words).to(feats.dtype)
-        feats = torch.cat([feats[:, :start], feats[:, start:] + valid * class_words], dim=1)
+        feats = self._add_to_object_slots(feats, tokens, class_words)
         targets = self.point_encoder.object_targets(point_clouds)
         if (targets >= 0).any():
             self.object_class_loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),

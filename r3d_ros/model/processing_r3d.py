@@ -35,12 +35,11 @@ import torch
 from transformers import AutoTokenizer, BatchFeature
 
 from r3d_ros.model.tokenizer import ASSISTANT, DEPTH, OBJECT_REF, SCENE, SYSTEM, USER, VIEW
-from r3d_ros.output_format import SYSTEM_PROMPT
+from r3d_ros.output_format import BOX_PATTERN, SYSTEM_PROMPT
 
 CONFIG_NAME = 'r3d_processor.json'
 #: A target box is written as a proposal reference when some proposal overlaps it at least this much.
 REFER_MIN_IOU = 0.25
-_TARGET_BOX = re.compile(r'<box>(?P<ref>\s*\S+\s+)(?P<nums>[-+0-9.]+(?:\s+[-+0-9.]+){5})\s*</box>')
 _REF_TOKEN = re.compile(re.escape(OBJECT_REF).replace(r'\{\}', r'(\d+)'))
 
 
@@ -121,7 +120,7 @@ class R3DProcessor:
         return cls(tokenizer, num_points=config.num_points, num_scene_tokens=config.num_scene_tokens,
                    num_view_tokens=config.num_view_tokens, point_features=config.point_feature_dim,
                    num_object_tokens=config.num_object_tokens, object_points=config.object_points,
-                   object_refs=getattr(config, 'use_object_refs', False), **kwargs)
+                   object_refs=config.use_object_refs, **kwargs)
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -260,12 +259,12 @@ class R3DProcessor:
             best = max(ious, key=ious.get, default=None)
             if best is None or ious[best] < REFER_MIN_IOU:
                 return m[0]
-            return f'<box>{m["ref"]}{OBJECT_REF.format(best)}</box>'
-        return _TARGET_BOX.sub(refer, completion)
+            return f'<box>{m["ref"]} {OBJECT_REF.format(best)}</box>'
+        return BOX_PATTERN.sub(refer, completion)
 
     def resolve_object_refs(self, text: str, cloud) -> str:
-        """``<obj_k>`` -> the numbers of slot k's proposal box (``x y z dx dy dz``, centimetres); a reference
-        to an empty or unknown slot is left as written (its box then does not parse)."""
+        """``<obj_k>`` -> the numbers of slot k's proposal box (``x y z dx dy dz``, metres to the centimetre); a
+        reference to an empty or unknown slot is left as written (its box then does not parse)."""
         boxes = self.object_boxes(cloud)
 
         def resolve(m: re.Match) -> str:
