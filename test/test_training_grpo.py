@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from r3d_ros.model.processing_r3d import sample_points
+from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, THINK_CLOSE, THINK_OPEN
 from training.data import SceneClouds
-from training.grpo import build_grpo_trainer
+from training.grpo import box_token_mask, build_grpo_trainer, per_reward_advantages
 from training.modeling import load_model_and_processor
 from training.toy_data import write_toy_dataset
 
@@ -21,10 +22,10 @@ def toy_dir(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp('toy'), num_scenes=3, use_project_generator=False)
 
 
-def make_trainer(toy_dir, tmp_path, reward_funcs=None, **train):
+def make_trainer(toy_dir, tmp_path, reward_funcs=None, rewards=None, **train):
     cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 128},
            'data': {'dir': str(toy_dir), 'max_points': 1024, 'max_train': 4},
-           'rewards': {'names': ['format']},
+           'rewards': rewards or {'names': ['format']},
            'train': {'per_device_train_batch_size': G, 'num_generations': G, 'max_completion_length': 6,
                      'beta': BETA, 'epsilon': EPS, 'loss_type': 'grpo', 'learning_rate': 1e-3, 'use_cpu': True,
                      'gradient_checkpointing': False, 'max_steps': 1, 'logging_steps': 1, 'save_strategy': 'no',
@@ -42,7 +43,8 @@ def reference_logps(model, input_ids, attention_mask, point_clouds, n_completion
     return tok[:, -n_completion:]
 
 
-def test_grpo_loss_matches_eq5_by_hand(toy_dir, tmp_path):
+@pytest.mark.parametrize('per_token', [False, True], ids=['sequence_advantage', 'per_token_advantage'])
+def test_grpo_loss_matches_eq5_by_hand(toy_dir, tmp_path, per_token):
     trainer, processor = make_trainer(toy_dir, tmp_path)
     model = trainer.model
     model.eval()  # no dropout either way; makes the two forwards comparable
@@ -66,6 +68,9 @@ def test_grpo_loss_matches_eq5_by_hand(toy_dir, tmp_path):
     ref = logp + 0.3 * torch.randn(G, 5)
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.0])
     adv = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+    if per_token:  # perception_credit 'box' hands trl a (G, T) advantage: Eq. 5 with A_{i,t} in place of A_i
+        adv = adv[:, None] + torch.tensor([0.0, 0.0, 0.7, -0.4, 0.0])[None, :]
+    adv_t = adv if per_token else adv[:, None]
 
     inputs = {'prompt_ids': prompt['input_ids'], 'prompt_mask': prompt['attention_mask'],
               'completion_ids': completion_ids, 'completion_mask': completion_mask, 'advantages': adv,
@@ -77,7 +82,7 @@ def test_grpo_loss_matches_eq5_by_hand(toy_dir, tmp_path):
     #   -min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) + beta * KL,  KL = pi_ref/pi - log(pi_ref/pi) - 1
     # then the mean over the G completions of the group.
     rho = torch.exp(logp - old)
-    surrogate = torch.minimum(rho * adv[:, None], rho.clamp(1 - EPS, 1 + EPS) * adv[:, None])
+    surrogate = torch.minimum(rho * adv_t, rho.clamp(1 - EPS, 1 + EPS) * adv_t)
     kl = torch.exp(ref - logp) - (ref - logp) - 1
     per_token = -surrogate + BETA * kl
     m = completion_mask.float()
@@ -132,3 +137,71 @@ def test_group_normalised_advantages_and_scene_in_generation(toy_dir, tmp_path):
     assert 'ref_per_token_logps' in out
     ref = trainer.accelerator.unwrap_model(trainer.ref_model)
     assert not any(p.requires_grad for p in ref.parameters())
+
+
+# -- perception_credit: 'box' ---------------------------------------------------------------------
+def test_box_token_mask_covers_answer_boxes_only():
+    o, c, a = 7, 8, 5
+    ids = torch.tensor([[1, o, 2, c, a, 3, o, 4, 9, c, o, 6, c, 0],    # a box before <answer> is not the answer's
+                        [1, 2, a, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]])   # no box at all
+    mask = box_token_mask(ids, o, c, a)
+    assert mask[0].nonzero().view(-1).tolist() == [6, 7, 8, 9, 10, 11, 12]
+    assert not mask[1].any()
+
+
+def test_per_reward_advantages_split_trl_advantage_by_hand():
+    # two groups of G = 4; rewards format, perception (None for the second group: no GT box), semantic
+    nan = float('nan')
+    r = torch.tensor([[1, 0.6, 0.9], [1, 0.0, 0.8], [0, 0.2, 0.5], [1, 0.2, 0.9],
+                      [1, nan, 0.7], [1, nan, 0.6], [1, nan, 0.9], [0, nan, 0.1]])
+    w = torch.tensor([1.0, 2.0, 1.0])
+    for scale in ('batch', 'group', 'none'):
+        parts = per_reward_advantages(r, w, G, scale)
+        total = torch.tensor([1 + 1.2 + 0.9, 1 + 0 + 0.8, 0 + 0.4 + 0.5, 1 + 0.4 + 0.9, 1.7, 1.6, 1.9, 0.1])
+        mean = total.view(2, G).mean(1).repeat_interleave(G)
+        std = {'batch': total.std().expand(8), 'group': total.view(2, G).std(1).repeat_interleave(G),
+               'none': torch.full((8,), 1 - 1e-4)}[scale]   # 'none': trl does not divide
+        trl_adv = (total - mean) / (std + 1e-4)
+        assert torch.allclose(parts.sum(1), trl_adv, atol=1e-5), scale
+        # perception part of the first group by hand: 2 x (IoU - mean IoU 0.25); none for the second group
+        expect = 2 * (torch.tensor([0.6, 0.0, 0.2, 0.2]) - 0.25) / (std[:G] + 1e-4)
+        assert torch.allclose(parts[:G, 1], expect, atol=1e-5)
+        assert torch.all(parts[G:, 1] == 0)
+
+
+def test_box_credit_puts_perception_advantage_on_box_tokens(toy_dir, tmp_path):
+    trainer, processor = make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'],
+                                                                  'weights': [1.0, 2.0], 'perception_credit': 'box'},
+                                      scale_rewards='batch')
+    tok = processor.tokenizer
+    ids = lambda text: tok(text, add_special_tokens=False)['input_ids']
+    with_box = ids(f'{THINK_OPEN}a{THINK_CLOSE}{ANSWER_OPEN}here {BOX_OPEN}chair_1 <obj_3>{BOX_CLOSE}')
+    no_box = ids(f'{THINK_OPEN}a{THINK_CLOSE}{ANSWER_OPEN}nothing')
+    T = max(len(with_box), len(no_box))
+    pad = lambda x: x + [tok.pad_token_id] * (T - len(x))
+    completion_ids = torch.tensor([pad(with_box), pad(no_box), pad(with_box), pad(with_box)])
+    completion_mask = (torch.arange(T)[None, :] < torch.tensor([len(with_box), len(no_box)] + [len(with_box)] * 2
+                                                                )[:, None]).long()
+    trainer._rewards_per_func = torch.tensor([[1.0, 0.8], [1.0, 0.0], [0.0, 0.3], [1.0, 0.1]])
+    parts = per_reward_advantages(trainer._rewards_per_func, torch.tensor([1.0, 2.0]), G, 'batch')
+    out = {'completion_ids': completion_ids, 'completion_mask': completion_mask, 'advantages': parts.sum(1)}
+    adv = trainer.box_credit_advantages(out)
+    assert adv.shape == (G, T)
+    box = box_token_mask(completion_ids, *(tok.convert_tokens_to_ids(t) for t in (BOX_OPEN, BOX_CLOSE, ANSWER_OPEN)))
+    assert box[0].sum() == len(ids(f'{BOX_OPEN}chair_1 <obj_3>{BOX_CLOSE}'))
+    # box tokens: format + perception parts; every other token of a completion with a box: format only
+    assert torch.allclose(adv[0][box[0]], parts[0].sum().expand(int(box[0].sum())))
+    assert torch.allclose(adv[0][~box[0]], parts[0, 0].expand(int((~box[0]).sum())))
+    # no box written: the whole (sequence-level) advantage on every token
+    assert torch.allclose(adv[1], parts[1].sum().expand(T))
+    # a split that does not add up to trl's advantage is refused, not silently trained on
+    out['advantages'] = out['advantages'] + 1.0
+    with pytest.raises(RuntimeError, match='add up'):
+        trainer.box_credit_advantages(out)
+
+
+def test_box_credit_needs_perception_reward(toy_dir, tmp_path):
+    with pytest.raises(ValueError, match='perception'):
+        make_trainer(toy_dir, tmp_path, rewards={'names': ['format'], 'perception_credit': 'box'})
+    with pytest.raises(ValueError, match='perception_credit'):
+        make_trainer(toy_dir, tmp_path, rewards={'names': ['format'], 'perception_credit': 'tokens'})

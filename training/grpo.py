@@ -19,6 +19,17 @@ built around image processors, so the cloud travels beside them:
   the fused-head forward, chunk by chunk;
 * ``_generate``: decodes completions keeping the grammar markers (``<think>``… are special tokens, which
   trl's ``skip_special_tokens=True`` decode would drop, zeroing the format reward).
+
+Credit for the perception reward (``rewards.perception_credit``). ``sequence`` (the default, the paper's Eq. 5):
+every token of a completion gets the same advantage, the weighted sum of all rewards, group-normalised. ``box``:
+the advantage is split into one part per reward (their sum is trl's advantage exactly, since the group mean is
+linear and all parts share trl's std), and the perception part goes only to the tokens of the answer's
+``<box>…</box>`` spans, the tokens the IoU is a function of (a completion with no box keeps it on every token:
+there the whole completion failed to write one). Format and similarity parts stay on every token. The loss is
+still Eq. 5's clipped, group-relative surrogate with the KL term; only the advantage becomes per token, which
+trl's loss takes as a (B, T) tensor. Why it exists: with the object-identifier model one ``<obj_k>`` token
+decides the perception reward, and under sequence credit its (largest) advantage also pushed the ~200 wording
+tokens around it at random (training/README.md, "Per-token credit for the perception reward").
 """
 
 from __future__ import annotations
@@ -33,20 +44,56 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
+from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN
 from training.config import last_checkpoint, make_log_callback, make_processor_saver
 from training.data import SceneClouds, grpo_rows, load_records, split_path, to_dataset
 from training.modeling import enable_trl_fused_head, load_model_and_processor, save_model
 from training.rewards import REWARD_NAMES, build_reward_funcs
 
 _FORCED = {'remove_unused_columns': False}
+PERCEPTION_CREDITS = ('sequence', 'box')
+
+
+def box_token_mask(completion_ids: torch.Tensor, box_open: int, box_close: int, answer_open: int) -> torch.Tensor:
+    """(B, T) bool: the tokens of every ``<box>…</box>`` span (both markers included) after the first ``<answer>``
+    (the spans the perception reward parses). Rows without such a span are all False."""
+    is_open, is_close = completion_ids == box_open, completion_ids == box_close
+    depth = is_open.long().cumsum(1) - (is_close.long().cumsum(1) - is_close.long())
+    after_answer = (completion_ids == answer_open).long().cumsum(1) > 0
+    return (depth > 0) & after_answer
+
+
+def per_reward_advantages(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int,
+                          scale_rewards: str) -> torch.Tensor:
+    """(N, K) parts of trl's ``sum_then_normalize`` advantage, one per reward: w_k (r_k - group mean of r_k) / s,
+    with s trl's std of the summed reward (per group or over the batch; 1 for ``none``). A reward that is None
+    (NaN) for a record contributes 0, as trl's ``nansum`` makes it. Summed over k this is trl's advantage."""
+    w = weights.to(rewards_per_func)
+    grouped = rewards_per_func.view(-1, num_generations, rewards_per_func.size(1))
+    centred = torch.nan_to_num((grouped - grouped.nanmean(1, keepdim=True)) * w, nan=0.0)
+    total = (rewards_per_func * w).nansum(1)
+    if scale_rewards == 'none':
+        return centred.view_as(rewards_per_func)
+    if scale_rewards == 'group':
+        std = total.view(-1, num_generations).std(1, keepdim=True).unsqueeze(-1)
+    elif scale_rewards == 'batch':
+        std = total.std() if total.numel() > 1 else torch.zeros(())
+    else:
+        raise ValueError(f'scale_rewards must be group, batch or none, got {scale_rewards!r}')
+    return (centred / (std + 1e-4)).view_as(rewards_per_func)
 
 
 class SceneGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose prompts carry a scene point cloud (looked up by the dataset's ``scene_id``)."""
 
-    def __init__(self, model, *args, scene_clouds: SceneClouds, scene_processor, **kwargs):
+    def __init__(self, model, *args, scene_clouds: SceneClouds, scene_processor, perception_credit: str = 'sequence',
+                 **kwargs):
+        if perception_credit not in PERCEPTION_CREDITS:
+            raise ValueError(f'perception_credit must be one of {PERCEPTION_CREDITS}, got {perception_credit!r}')
         self.scene_clouds, self.scene_processor = scene_clouds, scene_processor
+        self.perception_credit = perception_credit
         self._scene_inputs: dict[str, torch.Tensor] = {}
+        self._rewards_per_func: torch.Tensor | None = None
         grpo_args = kwargs['args']
         beta = grpo_args.beta
         # trl rebuilds a full-model reference from config._name_or_path through transformers' class names,
@@ -79,6 +126,13 @@ class SceneGRPOTrainer(GRPOTrainer):
         # the next forward would then try to splice more encoder outputs than there are, so never sample them.
         gen = self.generation_config
         gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(placeholder_token_ids(model)))
+        if perception_credit == 'box':
+            if 'perception_reward' not in self.reward_func_names:
+                raise ValueError("perception_credit 'box' needs the perception reward")
+            if self.multi_objective_aggregation != 'sum_then_normalize':
+                raise ValueError("perception_credit 'box' splits trl's sum_then_normalize advantage")
+            tok = self._tokenizer
+            self._box_ids = tuple(tok.convert_tokens_to_ids(t) for t in (BOX_OPEN, BOX_CLOSE, ANSWER_OPEN))
 
     # -- scene inputs --------------------------------------------------------------------------
     def scene_tensors(self, scene_ids: list[str]) -> dict[str, torch.Tensor]:
@@ -89,7 +143,28 @@ class SceneGRPOTrainer(GRPOTrainer):
         self._scene_inputs = self.scene_tensors([x['scene_id'] for x in inputs])
         output = super()._generate_and_score_completions(inputs)
         output.update(self._scene_inputs)
+        if self.perception_credit == 'box' and self.model.training:
+            output['advantages'] = self.box_credit_advantages(output)
         return output
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def box_credit_advantages(self, output: dict) -> torch.Tensor:
+        """(B, T) advantages: the perception part on the answer's box tokens, the other parts on every token
+        (see the module docstring). Checked against trl's own (B,) advantage, of which it is a split."""
+        parts = per_reward_advantages(self._rewards_per_func, self.reward_weights, self.num_generations,
+                                      self.scale_rewards)
+        n = output['completion_ids'].size(0)
+        parts = parts[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
+        if not torch.allclose(parts.sum(1), output['advantages'], atol=1e-4):
+            raise RuntimeError('per-reward advantages do not add up to trl\'s advantage')
+        k = self.reward_func_names.index('perception_reward')
+        box = box_token_mask(output['completion_ids'], *self._box_ids) & output['completion_mask'].bool()
+        box = box | ~box.any(1, keepdim=True)   # no box written: every token shares the perception part
+        rest = parts.sum(1) - parts[:, k]
+        return rest[:, None] + parts[:, k, None] * box.to(parts.dtype)
 
     def _tokenize_prompts(self, prompts):
         prompt_ids, images, fields = super()._tokenize_prompts(prompts)
@@ -174,6 +249,7 @@ def build_grpo_trainer(cfg: dict, output_dir: str | Path, model=None, processor=
                             scene_clouds=SceneClouds(data['dir'], data.get('max_points', 8192),
                                                       segment=processor.num_object_tokens > 0),
                             scene_processor=processor,
+                            perception_credit=rewards.get('perception_credit', 'sequence'),
                             callbacks=[make_log_callback(output_dir / 'log.jsonl'), make_processor_saver(processor)])
 
 
