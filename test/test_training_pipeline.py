@@ -55,7 +55,7 @@ def test_paper_defaults_in_configs():
 
 
 def test_help_of_every_command():
-    for cmd in ('sft', 'grpo', 'evaluate', 'table', 'select'):
+    for cmd in ('sft', 'grpo', 'evaluate', 'table', 'select', 'compare'):
         assert '--' in run(cmd, '--help')
 
 
@@ -102,6 +102,9 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     assert 'Acc@0.25' in results['sft']['grounding']
     table = run('table', *(str(tmp_path / f'{n}.json') for n in results))
     assert '| prior | grounding |' in table and '| grpo | all |' in table
+    cmp = json.loads(run('compare', '--data', str(toy_dir), str(tmp_path / 'sft.json'), str(tmp_path / 'grpo.json')))
+    assert cmp['split'] == 'test' and set(cmp['metrics']) == {'Format', 'Acc@0.25', 'SemSim'}
+    assert cmp['metrics']['Format']['n'] == 4
 
     # checkpoint choice on val: the SFT model is a candidate, the chosen one is linked
     run('select', '--data', str(toy_dir), '--split', 'val', '--limit', '4', '--max-new-tokens', '16',
@@ -110,6 +113,33 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     assert [c['checkpoint'] for c in sel['candidates']] == [str(final), str(grpo_dir / 'final')]
     assert sel['chosen'] == max(sel['candidates'], key=lambda c: c['score'])['checkpoint']
     assert (grpo_dir / 'selected').resolve() == Path(sel['chosen']).resolve()
+
+
+def test_paired_comparison_by_hand():
+    from r3d_ros.output_format import Box, format_completion
+    from r3d_ros.scenes.types import QARecord
+    from training.evaluate import paired_comparison
+
+    gt = {'ref': 'desk_1', 'center': [1.0, 2.0, 0.4], 'size': [1.0, 0.6, 0.8]}
+    hit = Box('desk_1', (1.0, 2.0, 0.4), (1.0, 0.6, 0.8))
+    miss = Box('desk_1', (-2.0, 0.0, 0.4), (1.0, 0.6, 0.8))
+    records = [QARecord('s', f'q{i}', '', 'The desk is here.', 'grounding', boxes=[gt]) for i in range(5)]
+    good = format_completion('First, I look. Then, I find it.', 'The desk is here.', [hit])
+    wrong = format_completion('First, I look. Then, I find it.', 'The desk is here.', [miss])
+    broken = good.replace('</think>', '')
+    a = [good, good, wrong, broken, good]
+    b = [good, wrong, good, good, wrong]
+    res = paired_comparison(records, a, b)
+    # Format: a is broken once (record 3), b never -> one record only b gets right
+    assert (res['Format']['only_a'], res['Format']['only_b']) == (0, 1)
+    # Acc@0.25: a hits 0, 1, 3 (the broken one still parses its box), 4; b hits 0, 2, 3
+    assert (res['Acc@0.25']['only_a'], res['Acc@0.25']['only_b']) == (2, 1)
+    assert res['Acc@0.25']['a'] == 0.8 and res['Acc@0.25']['b'] == 0.6
+    assert 0 < res['Acc@0.25']['p'] <= 1
+    # same answer text everywhere: no similarity difference
+    assert res['SemSim']['changed'] == 0 and res['SemSim']['p'] == 1.0
+    with pytest.raises(ValueError):
+        paired_comparison(records, a, b[:2])
 
 
 def test_sft_under_accelerate_launch_two_cpu_processes(toy_dir, tmp_path):

@@ -6,6 +6,7 @@
     r3d-train evaluate --data DIR --prior --name "answer prior" --out results/prior.json
     r3d-train table    results/prior.json results/sft.json results/grpo.json
     r3d-train select   --data DIR --split val --out-dir results/val runs/sft/final runs/grpo/checkpoint-*
+    r3d-train compare  --data DIR results/sft.json results/grpo.json     # paired: flips + significance
 
 Configs are YAML (``training/configs/*.yaml`` by name, or a path); ``--set a.b=value`` overrides any key.
 Under ``accelerate launch --config_file training/accelerate/<setup>.yaml -m training.cli ...`` the same
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='cpu')
     p.add_argument('--encoder', default='minilm')
     p.add_argument('--link', help='make this path a symlink to the chosen checkpoint')
+
+    p = sub.add_parser('compare', help='paired comparison of two evaluate runs on the same split (B against A)')
+    p.add_argument('a', help='results JSON of the baseline (its .predictions.jsonl beside it)')
+    p.add_argument('b', help='results JSON of the model compared with it')
+    p.add_argument('--data', required=True, help='dataset directory the two runs were scored on')
+    p.add_argument('--encoder', default='minilm')
+    p.add_argument('--out', help='also write the comparison here (JSON)')
 
     p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
     p.add_argument('results', nargs='+')
@@ -164,6 +172,23 @@ def main(argv: list[str] | None = None) -> int:
                 link.unlink()
             link.symlink_to(Path(best).resolve(), target_is_directory=True)
         print(best)
+    elif args.command == 'compare':
+        from training.data import load_records, split_path
+        from training.evaluate import paired_comparison, read_predictions
+
+        runs = [json.loads(Path(p).read_text()) for p in (args.a, args.b)]
+        if runs[0]['split'] != runs[1]['split']:
+            raise SystemExit(f"the runs scored different splits ({runs[0]['split']} vs {runs[1]['split']})")
+        comps = [read_predictions(Path(p).with_suffix('.predictions.jsonl')) for p in (args.a, args.b)]
+        n = min(map(len, comps))
+        if len(comps[0]) != len(comps[1]):
+            raise SystemExit(f'the runs scored different records ({len(comps[0])} vs {len(comps[1])})')
+        records = load_records(split_path(args.data, runs[0]['split']), n)
+        res = {'a': runs[0]['name'], 'b': runs[1]['name'], 'split': runs[0]['split'],
+               'metrics': paired_comparison(records, comps[0], comps[1], args.encoder)}
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
     elif args.command == 'table':
         from training.evaluate import markdown_table
 

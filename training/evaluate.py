@@ -208,6 +208,43 @@ def select_checkpoint(checkpoints: Sequence[str | Path], records: Sequence[QARec
     return rows[best]['checkpoint']
 
 
+# -- paired comparison ----------------------------------------------------------------------------
+def paired_comparison(records: Sequence[QARecord], completions_a: Sequence[str], completions_b: Sequence[str],
+                      encoder: str = 'minilm') -> dict[str, dict]:
+    """B against A on the same records, per reward-aligned metric: for Format and Acc@0.25 the records only one
+    of them gets right and a two-sided sign test on those (scipy's binomial test); for SemSim the mean paired
+    difference and a two-sided Wilcoxon signed-rank test. Tells a gain from a few records flipping by chance."""
+    from scipy.stats import binomtest, wilcoxon
+
+    if not (len(records) == len(completions_a) == len(completions_b)):
+        raise ValueError('records and both completion lists must align')
+    out: dict[str, dict] = {}
+    for name, hit in (('Format', lambda c, r: is_format_valid(c)),
+                      ('Acc@0.25', lambda c, r: perception_reward_text(c, r.boxes) >= 0.25)):
+        rows = [(bool(hit(a, r)), bool(hit(b, r))) for r, a, b in zip(records, completions_a, completions_b)
+                if name != 'Acc@0.25' or r.boxes]
+        only_a, only_b = sum(a and not b for a, b in rows), sum(b and not a for a, b in rows)
+        p = binomtest(only_b, only_a + only_b).pvalue if only_a + only_b else 1.0
+        out[name] = {'n': len(rows), 'a': sum(a for a, _ in rows) / max(len(rows), 1),
+                     'b': sum(b for _, b in rows) / max(len(rows), 1), 'only_a': only_a, 'only_b': only_b, 'p': p}
+    sim = shared_similarity(encoder)
+    refs = [r.answer for r in records]
+    sa = np.array(sim([parse_completion(c).answer_text for c in completions_a], refs))
+    sb = np.array(sim([parse_completion(c).answer_text for c in completions_b], refs))
+    diff = sb - sa
+    changed = diff[np.abs(diff) > 1e-6]
+    out['SemSim'] = {'n': len(records), 'a': float(sa.mean()), 'b': float(sb.mean()), 'mean_diff': float(diff.mean()),
+                     'changed': int(len(changed)), 'b_higher': int((changed > 0).sum()),
+                     'p': float(wilcoxon(changed).pvalue) if len(changed) else 1.0}
+    return out
+
+
+def read_predictions(path: str | Path) -> list[str]:
+    """The completions of an ``evaluate`` predictions file, in record order."""
+    with open(path, encoding='utf-8') as f:
+        return [json.loads(line)['completion'] for line in f if line.strip()]
+
+
 # -- table ----------------------------------------------------------------------------------------
 def markdown_table(results: dict[str, dict], tasks: Sequence[str] | None = None) -> str:
     """One row per (model, task): ``results`` maps a row name to :func:`score`'s output."""
