@@ -78,7 +78,9 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     assert loaded.config.num_object_tokens == 32 and len(loaded.config.object_class_token_ids) > 0
     assert len(loaded.config.object_ref_token_ids) == 32 and R3DProcessor.from_pretrained(str(final)).object_refs
 
-    run('grpo', '--config', 'tiny_grpo_refs', '--data', str(toy_dir), '--model', str(final),
+    # tiny_grpo_box = the shipped model's tiny_grpo_refs + per-token credit for the perception reward (the split of
+    # trl's advantage is checked against trl's own on every step)
+    run('grpo', '--config', 'tiny_grpo_box', '--data', str(toy_dir), '--model', str(final),
         '--output-dir', str(grpo_dir), *SMALL, '--set', 'train.max_steps=2', '--set', 'train.num_generations=4',
         '--set', 'train.gradient_accumulation_steps=1', '--set', 'train.max_completion_length=12',
         '--set', 'train.save_steps=2')
