@@ -180,10 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         if runs[0]['split'] != runs[1]['split']:
             raise SystemExit(f"the runs scored different splits ({runs[0]['split']} vs {runs[1]['split']})")
         comps = [read_predictions(Path(p).with_suffix('.predictions.jsonl')) for p in (args.a, args.b)]
-        n = min(map(len, comps))
         if len(comps[0]) != len(comps[1]):
             raise SystemExit(f'the runs scored different records ({len(comps[0])} vs {len(comps[1])})')
-        records = load_records(split_path(args.data, runs[0]['split']), n)
+        records = load_records(split_path(args.data, runs[0]['split']), len(comps[0]))
         res = {'a': runs[0]['name'], 'b': runs[1]['name'], 'split': runs[0]['split'],
                'metrics': paired_comparison(records, comps[0], comps[1], args.encoder)}
         if args.out:
