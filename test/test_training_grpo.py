@@ -169,9 +169,10 @@ def test_per_reward_advantages_split_trl_advantage_by_hand():
         assert torch.all(parts[G:, 1] == 0)
 
 
-def test_box_credit_puts_perception_advantage_on_box_tokens(toy_dir, tmp_path):
+@pytest.mark.parametrize('credit', ['box', 'box_total'])
+def test_box_credit_puts_perception_advantage_on_box_tokens(toy_dir, tmp_path, credit):
     trainer, processor = make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'],
-                                                                  'weights': [1.0, 2.0], 'perception_credit': 'box'},
+                                                                  'weights': [1.0, 2.0], 'perception_credit': credit},
                                       scale_rewards='batch')
     tok = processor.tokenizer
     ids = lambda text: tok(text, add_special_tokens=False)['input_ids']
@@ -189,10 +190,16 @@ def test_box_credit_puts_perception_advantage_on_box_tokens(toy_dir, tmp_path):
     assert adv.shape == (G, T)
     box = box_token_mask(completion_ids, *(tok.convert_tokens_to_ids(t) for t in (BOX_OPEN, BOX_CLOSE, ANSWER_OPEN)))
     assert box[0].sum() == len(ids(f'{BOX_OPEN}chair_1 <obj_3>{BOX_CLOSE}'))
-    # box tokens: format + perception parts; every other token of a completion with a box: format only
-    assert torch.allclose(adv[0][box[0]], parts[0].sum().expand(int(box[0].sum())))
-    assert torch.allclose(adv[0][~box[0]], parts[0, 0].expand(int((~box[0]).sum())))
-    # no box written: the whole (sequence-level) advantage on every token
+    # box tokens: format + perception parts; every other token of a completion with a box: format only.
+    # box_total: each of the n_box box tokens gets n / n_box of the perception part, so that its token mean
+    # over the completion (Eq. 5) is the whole part, as under sequence credit
+    n_box, n = int(box[0].sum()), len(with_box)
+    scale = n / n_box if credit == 'box_total' else 1.0
+    assert torch.allclose(adv[0][box[0]], (parts[0, 0] + scale * parts[0, 1]).expand(n_box))
+    assert torch.allclose(adv[0][~box[0]], parts[0, 0].expand(T - n_box))
+    if credit == 'box_total':
+        assert torch.allclose((adv[0] - parts[0, 0])[:n].mean(), parts[0, 1])
+    # no box written: the whole (sequence-level) advantage on every token, unscaled
     assert torch.allclose(adv[1], parts[1].sum().expand(T))
     # a split that does not add up to trl's advantage is refused, not silently trained on
     out['advantages'] = out['advantages'] + 1.0

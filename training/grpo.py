@@ -25,7 +25,10 @@ every token of a completion gets the same advantage, the weighted sum of all rew
 the advantage is split into one part per reward (their sum is trl's advantage exactly, since the group mean is
 linear and all parts share trl's std), and the perception part goes only to the tokens of the answer's
 ``<box>…</box>`` spans, the tokens the IoU is a function of (a completion with no box keeps it on every token:
-there the whole completion failed to write one). Format and similarity parts stay on every token. The loss is
+there the whole completion failed to write one). Format and similarity parts stay on every token. ``box_total``:
+the same, but each box token gets the perception part times n / n_box (n the completion's tokens, n_box its box
+tokens), so that after Eq. 5's per-completion token mean the part weighs what it weighs under sequence credit,
+concentrated on the box instead of diluted to n_box / n of it. The loss is
 still Eq. 5's clipped, group-relative surrogate with the KL term; only the advantage becomes per token, which
 trl's loss takes as a (B, T) tensor. Why it exists: with the object-identifier model one ``<obj_k>`` token
 decides the perception reward, and under sequence credit its (largest) advantage also pushed the ~200 wording
@@ -51,7 +54,7 @@ from training.modeling import enable_trl_fused_head, load_model_and_processor, s
 from training.rewards import REWARD_NAMES, build_reward_funcs
 
 _FORCED = {'remove_unused_columns': False}
-PERCEPTION_CREDITS = ('sequence', 'box')
+PERCEPTION_CREDITS = ('sequence', 'box', 'box_total')
 
 
 def box_token_mask(completion_ids: torch.Tensor, box_open: int, box_close: int, answer_open: int) -> torch.Tensor:
@@ -126,11 +129,11 @@ class SceneGRPOTrainer(GRPOTrainer):
         # the next forward would then try to splice more encoder outputs than there are, so never sample them.
         gen = self.generation_config
         gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(placeholder_token_ids(model)))
-        if perception_credit == 'box':
+        if perception_credit != 'sequence':
             if 'perception_reward' not in self.reward_func_names:
-                raise ValueError("perception_credit 'box' needs the perception reward")
+                raise ValueError(f'perception_credit {perception_credit!r} needs the perception reward')
             if self.multi_objective_aggregation != 'sum_then_normalize':
-                raise ValueError("perception_credit 'box' splits trl's sum_then_normalize advantage")
+                raise ValueError(f"perception_credit {perception_credit!r} splits trl's sum_then_normalize advantage")
             tok = self._tokenizer
             self._box_ids = tuple(tok.convert_tokens_to_ids(t) for t in (BOX_OPEN, BOX_CLOSE, ANSWER_OPEN))
 
@@ -143,7 +146,7 @@ class SceneGRPOTrainer(GRPOTrainer):
         self._scene_inputs = self.scene_tensors([x['scene_id'] for x in inputs])
         output = super()._generate_and_score_completions(inputs)
         output.update(self._scene_inputs)
-        if self.perception_credit == 'box' and self.model.training:
+        if self.perception_credit != 'sequence' and self.model.training:
             output['advantages'] = self.box_credit_advantages(output)
         return output
 
@@ -162,9 +165,15 @@ class SceneGRPOTrainer(GRPOTrainer):
             raise RuntimeError('per-reward advantages do not add up to trl\'s advantage')
         k = self.reward_func_names.index('perception_reward')
         box = box_token_mask(output['completion_ids'], *self._box_ids) & output['completion_mask'].bool()
-        box = box | ~box.any(1, keepdim=True)   # no box written: every token shares the perception part
+        has_box = box.any(1, keepdim=True)
+        share = (box | ~has_box).to(parts.dtype)   # no box written: every token shares the perception part
+        if self.perception_credit == 'box_total':
+            # Eq. 5 averages each completion over its tokens, so on n_box of n tokens the part keeps only n_box / n
+            # of the weight it has under sequence credit; scaling by n / n_box gives it back, all on the box
+            n_tokens = output['completion_mask'].sum(1, keepdim=True).to(share)
+            share = share * torch.where(has_box, n_tokens / box.sum(1, keepdim=True).clamp(min=1).to(share), 1.0)
         rest = parts.sum(1) - parts[:, k]
-        return rest[:, None] + parts[:, k, None] * box.to(parts.dtype)
+        return rest[:, None] + parts[:, k, None] * share
 
     def _tokenize_prompts(self, prompts):
         prompt_ids, images, fields = super()._tokenize_prompts(prompts)
