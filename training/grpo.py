@@ -33,6 +33,19 @@ still Eq. 5's clipped, group-relative surrogate with the KL term; only the advan
 trl's loss takes as a (B, T) tensor. Why it exists: with the object-identifier model one ``<obj_k>`` token
 decides the perception reward, and under sequence credit its (largest) advantage also pushed the ~200 wording
 tokens around it at random (training/README.md, "Per-token credit for the perception reward").
+
+``box_expected``: the perception part of a completion whose answer boxes refer to objects (``<obj_k>``) leaves the
+sampled surrogate altogether and becomes an exact expectation at those tokens. At each such position the reward
+the completion would have got with every slot k in its place, r_k (the same perception reward, on the completion
+with ``<obj_k>`` substituted: no generation needed), is known, so instead of the one-sample estimate
+(r_s − b) ∇log π(s) of the sampled slot s the loss takes the expectation over all slots,
+−Σ_k π_θ(k | prefix) (r_k − b) with b = Σ_k π(k) r_k / Σ_k π(k) (detached), scaled like ``box_total``'s part
+(w_p / s over the completion's referring positions; s trl's reward std). This is the "all-action" policy
+gradient (Mean Actor-Critic; the gradient of the expected reward of that one token, given the prefix):
+unbiased for the same objective, with no sampling variance at the token that decides the IoU. Completions
+whose boxes are written as numbers (or with no box) keep ``box_total`` credit. The format and similarity parts,
+the clipped surrogate on every token and the KL term are unchanged. Not in the paper (a credit-assignment
+choice, like ``box``); why it was tried: training/README.md, "Expected credit at the referring token".
 """
 
 from __future__ import annotations
@@ -47,14 +60,15 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
+from r3d_ros.model.tokenizer import OBJECT_REF
 from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN
 from training.config import last_checkpoint, make_log_callback, make_processor_saver
 from training.data import SceneClouds, grpo_rows, load_records, split_path, to_dataset
 from training.modeling import enable_trl_fused_head, load_model_and_processor, save_model
-from training.rewards import REWARD_NAMES, build_reward_funcs
+from training.rewards import REWARD_NAMES, build_reward_funcs, perception_reward_text
 
 _FORCED = {'remove_unused_columns': False}
-PERCEPTION_CREDITS = ('sequence', 'box', 'box_total')
+PERCEPTION_CREDITS = ('sequence', 'box', 'box_total', 'box_expected')
 
 
 def box_token_mask(completion_ids: torch.Tensor, box_open: int, box_close: int, answer_open: int) -> torch.Tensor:
@@ -66,6 +80,22 @@ def box_token_mask(completion_ids: torch.Tensor, box_open: int, box_close: int, 
     return (depth > 0) & after_answer
 
 
+def reward_scale(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int,
+                 scale_rewards: str) -> torch.Tensor:
+    """(N, 1) divisor of trl's ``sum_then_normalize`` advantage: the std of the summed reward per group or over
+    the batch, + 1e-4 (1 for ``none``)."""
+    total = (rewards_per_func * weights.to(rewards_per_func)).nansum(1)
+    if scale_rewards == 'none':
+        return torch.ones(total.size(0), 1, dtype=total.dtype, device=total.device)
+    if scale_rewards == 'group':
+        std = total.view(-1, num_generations).std(1, keepdim=True).expand(-1, num_generations).reshape(-1, 1)
+    elif scale_rewards == 'batch':
+        std = (total.std() if total.numel() > 1 else torch.zeros((), dtype=total.dtype)).expand(total.size(0), 1)
+    else:
+        raise ValueError(f'scale_rewards must be group, batch or none, got {scale_rewards!r}')
+    return std + 1e-4
+
+
 def per_reward_advantages(rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int,
                           scale_rewards: str) -> torch.Tensor:
     """(N, K) parts of trl's ``sum_then_normalize`` advantage, one per reward: w_k (r_k - group mean of r_k) / s,
@@ -74,16 +104,19 @@ def per_reward_advantages(rewards_per_func: torch.Tensor, weights: torch.Tensor,
     w = weights.to(rewards_per_func)
     grouped = rewards_per_func.view(-1, num_generations, rewards_per_func.size(1))
     centred = torch.nan_to_num((grouped - grouped.nanmean(1, keepdim=True)) * w, nan=0.0)
-    total = (rewards_per_func * w).nansum(1)
-    if scale_rewards == 'none':
-        return centred.view_as(rewards_per_func)
-    if scale_rewards == 'group':
-        std = total.view(-1, num_generations).std(1, keepdim=True).unsqueeze(-1)
-    elif scale_rewards == 'batch':
-        std = total.std() if total.numel() > 1 else torch.zeros(())
-    else:
-        raise ValueError(f'scale_rewards must be group, batch or none, got {scale_rewards!r}')
-    return (centred / (std + 1e-4)).view_as(rewards_per_func)
+    return centred.view_as(rewards_per_func) / reward_scale(rewards_per_func, weights, num_generations, scale_rewards)
+
+
+def expected_slot_loss(slot_logps: torch.Tensor, slot_values: torch.Tensor) -> torch.Tensor:
+    """(N,) loss of ``box_expected`` at N referring positions: −Σ_k π_k (v_k − b), b = Σ_k π_k v_k / Σ_k π_k.
+
+    ``slot_logps`` (N, K): log π_θ of each slot's ``<obj_k>`` token at the position (full-vocabulary softmax, so
+    the K probabilities need not sum to 1); ``slot_values`` (N, K): each slot's (scaled) reward there. The baseline
+    is detached: its gradient term Σ_k ∇π_k · b only moves probability between object and non-object tokens."""
+    p = slot_logps.exp()
+    held = p.detach()
+    baseline = (held * slot_values).sum(-1, keepdim=True) / held.sum(-1, keepdim=True).clamp(min=1e-12)
+    return -(p * (slot_values - baseline)).sum(-1)
 
 
 class SceneGRPOTrainer(GRPOTrainer):
@@ -97,6 +130,8 @@ class SceneGRPOTrainer(GRPOTrainer):
         self.perception_credit = perception_credit
         self._scene_inputs: dict[str, torch.Tensor] = {}
         self._rewards_per_func: torch.Tensor | None = None
+        self._batch_boxes: list = []
+        self._slot_capture: dict | None = None
         grpo_args = kwargs['args']
         beta = grpo_args.beta
         # trl rebuilds a full-model reference from config._name_or_path through transformers' class names,
@@ -136,6 +171,15 @@ class SceneGRPOTrainer(GRPOTrainer):
                 raise ValueError(f"perception_credit {perception_credit!r} splits trl's sum_then_normalize advantage")
             tok = self._tokenizer
             self._box_ids = tuple(tok.convert_tokens_to_ids(t) for t in (BOX_OPEN, BOX_CLOSE, ANSWER_OPEN))
+        if perception_credit == 'box_expected':
+            if not (getattr(scene_processor, 'object_refs', False) and scene_processor.num_object_tokens):
+                raise ValueError("perception_credit 'box_expected' needs a model whose boxes refer to object slots "
+                                 '(object_refs with object tokens)')
+            if self.loss_type != 'grpo':
+                raise ValueError(f"perception_credit 'box_expected' is written for loss_type 'grpo', got "
+                                 f'{self.loss_type!r}')
+            self._slot_ids = torch.tensor([self._tokenizer.convert_tokens_to_ids(OBJECT_REF.format(k))
+                                           for k in range(scene_processor.num_object_tokens)])
 
     # -- scene inputs --------------------------------------------------------------------------
     def scene_tensors(self, scene_ids: list[str]) -> dict[str, torch.Tensor]:
@@ -144,19 +188,25 @@ class SceneGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._scene_inputs = self.scene_tensors([x['scene_id'] for x in inputs])
+        self._batch_boxes = [x.get('boxes') for x in inputs]
         output = super()._generate_and_score_completions(inputs)
         output.update(self._scene_inputs)
         if self.perception_credit != 'sequence' and self.model.training:
-            output['advantages'] = self.box_credit_advantages(output)
+            expected_rows = None
+            if self.perception_credit == 'box_expected':
+                output.update(self.slot_rewards(output))
+                expected_rows = output['slot_positions'].any(1)
+            output['advantages'] = self.box_credit_advantages(output, expected_rows)
         return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
-    def box_credit_advantages(self, output: dict) -> torch.Tensor:
+    def box_credit_advantages(self, output: dict, expected_rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) advantages: the perception part on the answer's box tokens, the other parts on every token
-        (see the module docstring). Checked against trl's own (B,) advantage, of which it is a split."""
+        (see the module docstring). Checked against trl's own (B,) advantage, of which it is a split. Rows in
+        ``expected_rows`` (``box_expected``) get no sampled perception part: the expected term carries it."""
         parts = per_reward_advantages(self._rewards_per_func, self.reward_weights, self.num_generations,
                                       self.scale_rewards)
         n = output['completion_ids'].size(0)
@@ -167,13 +217,55 @@ class SceneGRPOTrainer(GRPOTrainer):
         box = box_token_mask(output['completion_ids'], *self._box_ids) & output['completion_mask'].bool()
         has_box = box.any(1, keepdim=True)
         share = (box | ~has_box).to(parts.dtype)   # no box written: every token shares the perception part
-        if self.perception_credit == 'box_total':
+        if self.perception_credit in ('box_total', 'box_expected'):
             # Eq. 5 averages each completion over its tokens, so on n_box of n tokens the part keeps only n_box / n
             # of the weight it has under sequence credit; scaling by n / n_box gives it back, all on the box
             n_tokens = output['completion_mask'].sum(1, keepdim=True).to(share)
             share = share * torch.where(has_box, n_tokens / box.sum(1, keepdim=True).clamp(min=1).to(share), 1.0)
         rest = parts.sum(1) - parts[:, k]
-        return rest[:, None] + parts[:, k, None] * share
+        perception = parts[:, k, None] * share
+        if expected_rows is not None:
+            perception = perception * (~expected_rows.to(perception.device))[:, None].to(perception)
+        return rest[:, None] + perception
+
+    def slot_rewards(self, output: dict) -> dict[str, torch.Tensor]:
+        """``box_expected``'s inputs: ``slot_positions`` (B, T) bool, the ``<obj_k>`` tokens inside the answer's
+        boxes of completions that have a ground-truth box; ``slot_rewards`` (B, T, K), the perception reward of the
+        completion with slot k's token at that position (the other tokens as sampled), 0 elsewhere;
+        ``slot_scale`` (B,), w_p / s / (the completion's number of such positions)."""
+        ids, mask = output['completion_ids'], output['completion_mask'].bool()
+        slots = self._slot_ids.to(ids.device)
+        positions = box_token_mask(ids, *self._box_ids) & mask & torch.isin(ids, slots)
+        has_truth = torch.tensor([perception_reward_text('', b) is not None for b in self._batch_boxes],
+                                 device=ids.device)
+        positions &= has_truth[:, None]
+        rewards = torch.zeros(*ids.shape, len(slots))
+        clouds = self._scene_inputs['point_clouds']
+        for i, t in positions.nonzero().tolist():
+            variants = ids[i][mask[i]].repeat(len(slots), 1)
+            variants[:, t] = slots
+            texts = self.completion_texts(variants, clouds[i:i + 1].expand(len(slots), *clouds.shape[1:]))
+            rewards[i, t] = torch.tensor([perception_reward_text(x, self._batch_boxes[i]) for x in texts])
+        k = self.reward_func_names.index('perception_reward')
+        scale = reward_scale(self._rewards_per_func, self.reward_weights, self.num_generations, self.scale_rewards)
+        n = ids.size(0)
+        scale = scale[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n, 0].cpu()
+        per_row = float(self.reward_weights[k]) / scale / positions.sum(1).clamp(min=1).cpu()
+        return {'slot_positions': positions, 'slot_rewards': rewards.to(ids.device),
+                'slot_scale': per_row.to(ids.device, torch.float32)}
+
+    def completion_texts(self, completion_ids, clouds=None) -> list[str]:
+        """Completions as the rewards read them: grammar markers kept, pad/eos dropped, and (object-identifier
+        models) each ``<obj_k>`` resolved to slot k's proposal box; the ids stay as sampled."""
+        tok = self._tokenizer
+        texts = tok.batch_decode(completion_ids, skip_special_tokens=False)
+        for t in (tok.pad_token, tok.eos_token):
+            if t:
+                texts = [x.replace(t, '') for x in texts]
+        texts = [x.strip() for x in texts]
+        if getattr(self.scene_processor, 'object_refs', False) and clouds is not None:
+            texts = [self.scene_processor.resolve_object_refs(t, c) for t, c in zip(texts, clouds)]
+        return texts
 
     def _tokenize_prompts(self, prompts):
         prompt_ids, images, fields = super()._tokenize_prompts(prompts)
@@ -181,24 +273,37 @@ class SceneGRPOTrainer(GRPOTrainer):
 
     def _generate(self, prompts):
         out = list(super()._generate(prompts))
-        completion_ids = out[1]
-        tok = self._tokenizer
-        texts = tok.batch_decode(completion_ids, skip_special_tokens=False)
-        drop = [t for t in (tok.pad_token, tok.eos_token) if t]
-        for t in drop:
-            texts = [x.replace(t, '') for x in texts]
-        texts = [x.strip() for x in texts]
-        clouds = self._scene_inputs.get('point_clouds')
-        if getattr(self.scene_processor, 'object_refs', False) and clouds is not None:
-            # <obj_k> -> slot k's proposal box, so the rewards read boxes (the ids stay as sampled)
-            texts = [self.scene_processor.resolve_object_refs(t, c) for t, c in zip(texts, clouds)]
-        out[3] = texts
+        out[3] = self.completion_texts(out[1], self._scene_inputs.get('point_clouds'))
         return tuple(out)
 
     def _compute_loss(self, model, inputs):
         self._scene_inputs = {k: inputs[k] for k in ('point_clouds', 'view_pixel_values', 'view_depths',
                                                      'view_mask') if k in inputs}
-        return super()._compute_loss(model, inputs)
+        if 'slot_positions' not in inputs:
+            return super()._compute_loss(model, inputs)
+        # box_expected: the policy forward below also returns log pi of every slot at the referring positions
+        capture = self._slot_capture = {'positions': inputs['slot_positions'], 'logps': []}
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self._slot_capture = None
+        slot_logps = torch.cat(capture['logps'])
+        positions = inputs['slot_positions']
+        rewards = inputs['slot_rewards'][positions]
+        values = rewards * inputs['slot_scale'][:, None, None].expand_as(inputs['slot_rewards'])[positions]
+        per_position = expected_slot_loss(slot_logps, values.to(slot_logps))
+        # like trl's 'grpo' loss: per completion (a sum over its referring positions, each already divided by
+        # their number), mean over the micro-batch, divided over the accumulation steps
+        mode = 'train' if self.model.training else 'eval'
+        normalizer = self.current_gradient_accumulation_steps if mode == 'train' else 1.0
+        loss = loss + per_position.sum() / positions.size(0) / normalizer
+        if positions.any():
+            p = slot_logps.detach().exp()
+            self._metrics[mode]['box_expected/slot_iou_policy'].append(
+                ((p * rewards).sum(-1) / p.sum(-1).clamp(min=1e-12)).mean().item())
+            self._metrics[mode]['box_expected/slot_iou_best'].append(rewards.max(-1).values.mean().item())
+            self._metrics[mode]['box_expected/slot_mass'].append(p.sum(-1).mean().item())
+        return loss
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False,
@@ -210,18 +315,52 @@ class SceneGRPOTrainer(GRPOTrainer):
                 raise RuntimeError(f'{k}: {v.size(0)} rows for {input_ids.size(0)} sequences')
         batch_size = batch_size or input_ids.size(0)
         logps, entropies = [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            end = min(start + batch_size, input_ids.size(0))
-            ids, mask = input_ids[start:end], attention_mask[start:end]
-            labels = ids.masked_fill(mask == 0, -100)
-            labels[:, :-logits_to_keep] = -100   # only completion tokens are scored
-            with self.accelerator.autocast():
-                out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True,
-                            **{k: v[start:end] for k, v in scene.items()})
-            logps.append(out.log_probs[:, -logits_to_keep:])
-            if compute_entropy:
-                entropies.append(out.entropy[:, -logits_to_keep:])
+        capture, hidden = self._slot_capture, []
+        hook = None
+        if capture is not None:  # box_expected: keep the decoder output of this (policy) forward
+            self._slot_capture = None  # one forward per loss
+            hook = _decoder_of(model).register_forward_hook(lambda _m, _i, o: hidden.append(o.last_hidden_state))
+        try:
+            for start in range(0, input_ids.size(0), batch_size):
+                end = min(start + batch_size, input_ids.size(0))
+                ids, mask = input_ids[start:end], attention_mask[start:end]
+                labels = ids.masked_fill(mask == 0, -100)
+                labels[:, :-logits_to_keep] = -100   # only completion tokens are scored
+                with self.accelerator.autocast():
+                    out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True,
+                                **{k: v[start:end] for k, v in scene.items()})
+                logps.append(out.log_probs[:, -logits_to_keep:])
+                if capture is not None:
+                    # the hidden state before each completion token predicts it
+                    h = hidden.pop()[:, -logits_to_keep - 1:-1][capture['positions'][start:end]]
+                    capture['logps'].append(self.slot_logps(model, h))
+                if compute_entropy:
+                    entropies.append(out.entropy[:, -logits_to_keep:])
+        finally:
+            if hook is not None:
+                hook.remove()
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+    def slot_logps(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, K) log π of each slot's ``<obj_k>`` token from N decoder states: the LM head over the whole
+        vocabulary at the sampling temperature, as the fused head scores the sampled token."""
+        head = _unwrapped(model).get_output_embeddings()
+        logits = torch.nn.functional.linear(hidden.float(), head.weight.float(),
+                                            None if head.bias is None else head.bias.float())
+        logps = torch.log_softmax(logits / self.temperature, dim=-1)
+        return logps[:, self._slot_ids.to(logps.device)]
+
+
+def _unwrapped(model):
+    """The R3D model inside DDP / PEFT wrappers."""
+    base = model.module if hasattr(model, 'module') else model
+    return base.get_base_model() if hasattr(base, 'get_base_model') else base
+
+
+def _decoder_of(model):
+    """The language model's decoder inside the (possibly wrapped, PEFT or DDP) R3D model."""
+    lm = _unwrapped(model).language_model
+    return lm.get_decoder() if hasattr(lm, 'get_decoder') else lm.model
 
 
 def placeholder_token_ids(model) -> list[int]:
