@@ -9,7 +9,7 @@ import torch
 from r3d_ros.model.processing_r3d import sample_points
 from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, THINK_CLOSE, THINK_OPEN
 from training.data import SceneClouds
-from training.grpo import box_token_mask, build_grpo_trainer, per_reward_advantages
+from training.grpo import box_token_mask, build_grpo_trainer, expected_slot_loss, per_reward_advantages
 from training.modeling import load_model_and_processor
 from training.toy_data import write_toy_dataset
 
@@ -212,3 +212,117 @@ def test_box_credit_needs_perception_reward(toy_dir, tmp_path):
         make_trainer(toy_dir, tmp_path, rewards={'names': ['format'], 'perception_credit': 'box'})
     with pytest.raises(ValueError, match='perception_credit'):
         make_trainer(toy_dir, tmp_path, rewards={'names': ['format'], 'perception_credit': 'tokens'})
+
+
+# -- perception_credit: 'box_expected' -------------------------------------------------------------
+def test_expected_slot_loss_gradient_by_hand():
+    # three slots with 0.9 of the position's probability mass, values 1, 0, 0.5
+    p = torch.tensor([[0.5, 0.3, 0.1]])
+    logps = p.log().requires_grad_(True)
+    v = torch.tensor([[1.0, 0.0, 0.5]])
+    loss = expected_slot_loss(logps, v)
+    b = (0.5 * 1.0 + 0.3 * 0.0 + 0.1 * 0.5) / 0.9
+    # at the current policy the value is 0 (the baseline is the policy's own expected value) ...
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    loss.sum().backward()
+    # ... and the gradient is the exact expectation of REINFORCE's at that token: -pi_k (v_k - b) per log pi_k
+    assert torch.allclose(logps.grad, -p * (v - b), atol=1e-6)
+
+
+SLOTS, SLOT_POINTS = 4, 8
+
+
+def _slot_cloud(processor):
+    """A prepared cloud by hand: scene rows, then slot 0 = the truth's box, slot 1 = it shifted 0.5 m in x
+    (IoU 1/3), slot 2 far away (IoU 0), slot 3 empty."""
+    n, width = processor.num_points, 3 + processor.point_features
+    scene = torch.cat([torch.rand(n, width), torch.full((n, 2), -1.0)], 1)
+    corners = torch.tensor([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=torch.float32)
+    rows = torch.full((SLOTS * SLOT_POINTS, width + 2), -1.0)
+    for k, lo in enumerate([(0.5, 0.5, 0.0), (1.0, 0.5, 0.0), (5.0, 5.0, 0.0)]):
+        sl = slice(k * SLOT_POINTS, (k + 1) * SLOT_POINTS)
+        rows[sl, :3] = corners + torch.tensor(lo)
+        rows[sl, 3:width] = 0.5
+        rows[sl, width] = k
+    return torch.cat([scene, rows])
+
+
+def test_box_expected_rewards_every_slot_and_its_loss_gradient_matches_full_logits(toy_dir, tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 64, 'num_scene_tokens': 4,
+                                'num_object_tokens': SLOTS, 'object_points': SLOT_POINTS, 'object_refs': True},
+           'data': {'dir': str(toy_dir), 'max_points': 1024, 'max_train': 4},
+           'rewards': {'names': ['format', 'perception'], 'weights': [1.0, 2.0], 'perception_credit': 'box_expected'},
+           'train': {'per_device_train_batch_size': G, 'num_generations': G, 'max_completion_length': 6,
+                     'beta': 0.0, 'epsilon': EPS, 'loss_type': 'grpo', 'learning_rate': 1e-3, 'use_cpu': True,
+                     'gradient_checkpointing': False, 'max_steps': 1, 'save_strategy': 'no', 'disable_tqdm': True,
+                     'bf16': False, 'scale_rewards': 'batch', 'temperature': 0.7}}
+    model, processor = load_model_and_processor(cfg['model'])
+    trainer = build_grpo_trainer(cfg, tmp_path, model, processor)
+    tok = processor.tokenizer
+    ids = lambda text: tok(text, add_special_tokens=False)['input_ids']
+    answer = lambda body: ids(f'{THINK_OPEN}a{THINK_CLOSE}{ANSWER_OPEN}here {body}</answer>')
+    rows = [answer(f'{BOX_OPEN}chair_1 <obj_1>{BOX_CLOSE}'), answer('nothing'),
+            answer(f'{BOX_OPEN}chair_1 <obj_0>{BOX_CLOSE}'), answer(f'{BOX_OPEN}chair_1 1 1 0.5 1 1 1{BOX_CLOSE}')]
+    T = max(map(len, rows))
+    completion_ids = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows])
+    completion_mask = (torch.arange(T)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    cloud = _slot_cloud(processor)
+    trainer._scene_inputs = {'point_clouds': cloud[None].expand(G, -1, -1).contiguous()}
+    trainer._batch_boxes = [json.dumps([{'ref': 'chair_1', 'center': [1, 1, 0.5], 'size': [1, 1, 1]}])] * G
+    trainer._rewards_per_func = torch.tensor([[1.0, 1 / 3], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    parts = per_reward_advantages(trainer._rewards_per_func, torch.tensor([1.0, 2.0]), G, 'batch')
+    out = {'completion_ids': completion_ids, 'completion_mask': completion_mask, 'advantages': parts.sum(1)}
+
+    slots = trainer.slot_rewards(out)
+    pos = slots['slot_positions']
+    # exactly the <obj_k> tokens of rows 0 and 2 (not the numeric box of row 3, nothing in row 1)
+    obj_ids = [tok.convert_tokens_to_ids(f'<obj_{k}>') for k in range(SLOTS)]
+    assert pos.sum(1).tolist() == [1, 0, 1, 0]
+    assert completion_ids[0, pos[0]].item() == obj_ids[1] and completion_ids[2, pos[2]].item() == obj_ids[0]
+    # the reward with each slot in place, whichever was sampled: IoU 1, 1/3, 0, and 0 for the empty slot
+    for i in (0, 2):
+        assert torch.allclose(slots['slot_rewards'][i][pos[i]][0], torch.tensor([1.0, 1 / 3, 0.0, 0.0]), atol=0.02)
+    std = (trainer._rewards_per_func * torch.tensor([1.0, 2.0])).sum(1).std() + 1e-4
+    assert torch.allclose(slots['slot_scale'][[0, 2]], (2.0 / std).expand(2))
+    # those rows' sampled perception part is gone (the expected term carries it); row 3 keeps box_total's
+    out.update(slots)
+    adv = trainer.box_credit_advantages(out, pos.any(1))
+    assert torch.allclose(adv[0], parts[0, 0].expand(T)) and torch.allclose(adv[2], parts[2, 0].expand(T))
+    assert torch.allclose(adv[1], parts[1].sum().expand(T))
+    assert not torch.allclose(adv[3], parts[3, 0].expand(T))
+
+    # the loss: trl's surrogate plus the expected term; its gradient against one computed from the plain
+    # forward's full logits (an independent path from the fused head and the decoder hook)
+    model.eval()
+    prompt = processor(questions=['Where is the chair?'] * G, point_clouds=[torch.rand(200, 6).numpy()] * G)
+    input_ids = torch.cat([prompt['input_ids'], completion_ids], 1)
+    attention = torch.cat([prompt['attention_mask'], completion_mask], 1)
+    clouds = trainer._scene_inputs['point_clouds']
+    logp = reference_logps(model, input_ids, attention, clouds, T)
+    base = {'prompt_ids': prompt['input_ids'], 'prompt_mask': prompt['attention_mask'],
+            'completion_ids': completion_ids, 'completion_mask': completion_mask, 'advantages': adv,
+            'old_per_token_logps': logp, 'ref_per_token_logps': logp, 'point_clouds': clouds,
+            'num_items_in_batch': completion_mask.sum()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    with_term = trainer._compute_loss(model, {**base, **slots})
+    without = trainer._compute_loss(model, base)
+    grads = torch.autograd.grad(with_term - without, params, allow_unused=True)
+
+    logits = model(input_ids=input_ids, attention_mask=attention, point_clouds=clouds).logits[:, -T - 1:-1]
+    p = torch.softmax(logits.float() / 0.7, -1)[..., obj_ids][pos]                      # (2, SLOTS)
+    v = slots['slot_rewards'][pos] * slots['slot_scale'][:, None, None].expand_as(slots['slot_rewards'])[pos]
+    b = (p.detach() * v).sum(-1, keepdim=True) / p.detach().sum(-1, keepdim=True)
+    by_hand = -(p * (v - b)).sum() / G
+    expect = torch.autograd.grad(by_hand, params, allow_unused=True)
+    flat = lambda gs: torch.cat([(g if g is not None else torch.zeros_like(q)).flatten() for g, q in zip(gs, params)])
+    assert flat(expect).abs().max() > 1e-4                       # the term really reaches the weights
+    assert torch.allclose(flat(grads), flat(expect), rtol=1e-3, atol=1e-6)
+
+
+def test_box_expected_needs_object_refs(toy_dir, tmp_path):
+    with pytest.raises(ValueError, match='object slots'):
+        make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'],
+                                                 'perception_credit': 'box_expected'})
