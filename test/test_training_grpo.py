@@ -9,7 +9,13 @@ import torch
 from r3d_ros.model.processing_r3d import sample_points
 from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, THINK_CLOSE, THINK_OPEN
 from training.data import SceneClouds
-from training.grpo import box_token_mask, build_grpo_trainer, expected_slot_loss, per_reward_advantages
+from training.grpo import (
+    box_token_mask,
+    build_grpo_trainer,
+    expected_slot_loss,
+    mirror_slot_loss,
+    per_reward_advantages,
+)
 from training.modeling import load_model_and_processor
 from training.toy_data import write_toy_dataset
 
@@ -229,6 +235,26 @@ def test_expected_slot_loss_gradient_by_hand():
     assert torch.allclose(logps.grad, -p * (v - b), atol=1e-6)
 
 
+def test_mirror_slot_loss_by_hand():
+    # the same position: slots with probability 0.5, 0.3, 0.1 (0.9 of the mass), IoU 1, 0, 0.5, mirror step 2
+    p = torch.tensor([[0.5, 0.3, 0.1]])
+    logps = p.log().requires_grad_(True)
+    r = torch.tensor([[1.0, 0.0, 0.5]])
+    loss = mirror_slot_loss(logps, r, 2.0)
+    pi = p / 0.9                                               # the policy over the slots
+    q = pi * torch.exp(2.0 * r)
+    q = q / q.sum()                                            # its improved version
+    assert loss.item() == pytest.approx((q * (q / pi).log()).sum().item(), rel=1e-5)   # KL(q || pi)
+    loss.sum().backward()
+    # the gradient on the slot logits is pi - q: towards the IoU-1 slot, away from the IoU-0 one, however small
+    # the policy's probability of the better slot
+    assert torch.allclose(logps.grad, pi - q, atol=1e-6)
+    assert logps.grad[0, 0] < 0 < logps.grad[0, 1]
+    # equal rewards: the policy is its own improvement, nothing to learn
+    flat = mirror_slot_loss(p.log(), torch.full_like(r, 0.4), 2.0)
+    assert flat.item() == pytest.approx(0.0, abs=1e-7)
+
+
 SLOTS, SLOT_POINTS = 4, 8
 
 
@@ -247,14 +273,16 @@ def _slot_cloud(processor):
     return torch.cat([scene, rows])
 
 
-def test_box_expected_rewards_every_slot_and_its_loss_gradient_matches_full_logits(toy_dir, tmp_path):
+@pytest.mark.parametrize('credit', ['box_expected', 'box_mirror'])
+def test_slot_credit_rewards_every_slot_and_its_loss_gradient_matches_full_logits(toy_dir, tmp_path, credit):
     import json
 
     torch.manual_seed(0)
     cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 64, 'num_scene_tokens': 4,
                                 'num_object_tokens': SLOTS, 'object_points': SLOT_POINTS, 'object_refs': True},
            'data': {'dir': str(toy_dir), 'max_points': 1024, 'max_train': 4},
-           'rewards': {'names': ['format', 'perception'], 'weights': [1.0, 2.0], 'perception_credit': 'box_expected'},
+           'rewards': {'names': ['format', 'perception'], 'weights': [1.0, 2.0], 'perception_credit': credit,
+                       'slot_step': 3.0},
            'train': {'per_device_train_batch_size': G, 'num_generations': G, 'max_completion_length': 6,
                      'beta': 0.0, 'epsilon': EPS, 'loss_type': 'grpo', 'learning_rate': 1e-3, 'use_cpu': True,
                      'gradient_checkpointing': False, 'max_steps': 1, 'save_strategy': 'no', 'disable_tqdm': True,
@@ -286,7 +314,8 @@ def test_box_expected_rewards_every_slot_and_its_loss_gradient_matches_full_logi
     for i in (0, 2):
         assert torch.allclose(slots['slot_rewards'][i][pos[i]][0], torch.tensor([1.0, 1 / 3, 0.0, 0.0]), atol=0.02)
     std = (trainer._rewards_per_func * torch.tensor([1.0, 2.0])).sum(1).std() + 1e-4
-    assert torch.allclose(slots['slot_scale'][[0, 2]], (2.0 / std).expand(2))
+    scale = 2.0 if credit == 'box_mirror' else 2.0 / std      # the mirror term is a divergence: no reward std
+    assert torch.allclose(slots['slot_scale'][[0, 2]], torch.as_tensor(scale).expand(2))
     # those rows' sampled perception part is gone (the expected term carries it); row 3 keeps box_total's
     out.update(slots)
     adv = trainer.box_credit_advantages(out, pos.any(1))
@@ -313,16 +342,22 @@ def test_box_expected_rewards_every_slot_and_its_loss_gradient_matches_full_logi
 
     logits = model(input_ids=input_ids, attention_mask=attention, point_clouds=clouds).logits[:, -T - 1:-1]
     p = torch.softmax(logits.float() / 0.7, -1)[..., obj_ids][pos]                      # (2, SLOTS)
-    v = slots['slot_rewards'][pos] * slots['slot_scale'][:, None, None].expand_as(slots['slot_rewards'])[pos]
-    b = (p.detach() * v).sum(-1, keepdim=True) / p.detach().sum(-1, keepdim=True)
-    by_hand = -(p * (v - b)).sum() / G
+    if credit == 'box_mirror':
+        pi = p / p.sum(-1, keepdim=True)
+        q = pi.detach() * torch.exp(3.0 * slots['slot_rewards'][pos])
+        q = q / q.sum(-1, keepdim=True)
+        by_hand = 2.0 * (q * (q.log() - pi.log())).sum() / G
+    else:
+        v = slots['slot_rewards'][pos] * slots['slot_scale'][:, None, None].expand_as(slots['slot_rewards'])[pos]
+        b = (p.detach() * v).sum(-1, keepdim=True) / p.detach().sum(-1, keepdim=True)
+        by_hand = -(p * (v - b)).sum() / G
     expect = torch.autograd.grad(by_hand, params, allow_unused=True)
     flat = lambda gs: torch.cat([(g if g is not None else torch.zeros_like(q)).flatten() for g, q in zip(gs, params)])
     assert flat(expect).abs().max() > 1e-4                       # the term really reaches the weights
     assert torch.allclose(flat(grads), flat(expect), rtol=1e-3, atol=1e-6)
 
 
-def test_box_expected_needs_object_refs(toy_dir, tmp_path):
+@pytest.mark.parametrize('credit', ['box_expected', 'box_mirror'])
+def test_slot_credit_needs_object_refs(toy_dir, tmp_path, credit):
     with pytest.raises(ValueError, match='object slots'):
-        make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'],
-                                                 'perception_credit': 'box_expected'})
+        make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'], 'perception_credit': credit})

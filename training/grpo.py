@@ -68,7 +68,8 @@ from training.modeling import enable_trl_fused_head, load_model_and_processor, s
 from training.rewards import REWARD_NAMES, build_reward_funcs, perception_reward_text
 
 _FORCED = {'remove_unused_columns': False}
-PERCEPTION_CREDITS = ('sequence', 'box', 'box_total', 'box_expected')
+PERCEPTION_CREDITS = ('sequence', 'box', 'box_total', 'box_expected', 'box_mirror')
+SLOT_CREDITS = ('box_expected', 'box_mirror')   # credits that score every slot at a referring token
 
 
 def box_token_mask(completion_ids: torch.Tensor, box_open: int, box_close: int, answer_open: int) -> torch.Tensor:
@@ -119,15 +120,25 @@ def expected_slot_loss(slot_logps: torch.Tensor, slot_values: torch.Tensor) -> t
     return -(p * (slot_values - baseline)).sum(-1)
 
 
+def mirror_slot_loss(slot_logps: torch.Tensor, slot_rewards: torch.Tensor, step: float) -> torch.Tensor:
+    """(N,) loss of ``box_mirror`` at N referring positions: KL(q ‖ π̃), π̃ the policy over the K slots
+    (renormalised), q ∝ π̃ · exp(step · r) its improved version (one mirror-descent step on the slot rewards r,
+    detached). The gradient on the slot logits is π̃ − q, which does not shrink with π̃(best slot) as the
+    expected policy gradient's π̃_k (r_k − b) does."""
+    log_pi = torch.log_softmax(slot_logps, dim=-1)
+    target = torch.softmax(log_pi.detach() + step * slot_rewards, dim=-1)
+    return (target * (target.clamp(min=1e-30).log() - log_pi)).sum(-1)
+
+
 class SceneGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose prompts carry a scene point cloud (looked up by the dataset's ``scene_id``)."""
 
     def __init__(self, model, *args, scene_clouds: SceneClouds, scene_processor, perception_credit: str = 'sequence',
-                 **kwargs):
+                 slot_step: float = 5.0, **kwargs):
         if perception_credit not in PERCEPTION_CREDITS:
             raise ValueError(f'perception_credit must be one of {PERCEPTION_CREDITS}, got {perception_credit!r}')
         self.scene_clouds, self.scene_processor = scene_clouds, scene_processor
-        self.perception_credit = perception_credit
+        self.perception_credit, self.slot_step = perception_credit, float(slot_step)
         self._scene_inputs: dict[str, torch.Tensor] = {}
         self._rewards_per_func: torch.Tensor | None = None
         self._batch_boxes: list = []
@@ -171,12 +182,12 @@ class SceneGRPOTrainer(GRPOTrainer):
                 raise ValueError(f"perception_credit {perception_credit!r} splits trl's sum_then_normalize advantage")
             tok = self._tokenizer
             self._box_ids = tuple(tok.convert_tokens_to_ids(t) for t in (BOX_OPEN, BOX_CLOSE, ANSWER_OPEN))
-        if perception_credit == 'box_expected':
+        if perception_credit in SLOT_CREDITS:
             if not (getattr(scene_processor, 'object_refs', False) and scene_processor.num_object_tokens):
-                raise ValueError("perception_credit 'box_expected' needs a model whose boxes refer to object slots "
-                                 '(object_refs with object tokens)')
+                raise ValueError(f'perception_credit {perception_credit!r} needs a model whose boxes refer to object '
+                                 'slots (object_refs with object tokens)')
             if self.loss_type != 'grpo':
-                raise ValueError(f"perception_credit 'box_expected' is written for loss_type 'grpo', got "
+                raise ValueError(f'perception_credit {perception_credit!r} is written for loss_type \'grpo\', got '
                                  f'{self.loss_type!r}')
             self._slot_ids = torch.tensor([self._tokenizer.convert_tokens_to_ids(OBJECT_REF.format(k))
                                            for k in range(scene_processor.num_object_tokens)])
@@ -193,7 +204,7 @@ class SceneGRPOTrainer(GRPOTrainer):
         output.update(self._scene_inputs)
         if self.perception_credit != 'sequence' and self.model.training:
             expected_rows = None
-            if self.perception_credit == 'box_expected':
+            if self.perception_credit in SLOT_CREDITS:
                 output.update(self.slot_rewards(output))
                 expected_rows = output['slot_positions'].any(1)
             output['advantages'] = self.box_credit_advantages(output, expected_rows)
@@ -217,7 +228,7 @@ class SceneGRPOTrainer(GRPOTrainer):
         box = box_token_mask(output['completion_ids'], *self._box_ids) & output['completion_mask'].bool()
         has_box = box.any(1, keepdim=True)
         share = (box | ~has_box).to(parts.dtype)   # no box written: every token shares the perception part
-        if self.perception_credit in ('box_total', 'box_expected'):
+        if self.perception_credit in ('box_total', *SLOT_CREDITS):
             # Eq. 5 averages each completion over its tokens, so on n_box of n tokens the part keeps only n_box / n
             # of the weight it has under sequence credit; scaling by n / n_box gives it back, all on the box
             n_tokens = output['completion_mask'].sum(1, keepdim=True).to(share)
@@ -232,7 +243,8 @@ class SceneGRPOTrainer(GRPOTrainer):
         """``box_expected``'s inputs: ``slot_positions`` (B, T) bool, the ``<obj_k>`` tokens inside the answer's
         boxes of completions that have a ground-truth box; ``slot_rewards`` (B, T, K), the perception reward of the
         completion with slot k's token at that position (the other tokens as sampled), 0 elsewhere;
-        ``slot_scale`` (B,), w_p / s / (the completion's number of such positions)."""
+        ``slot_scale`` (B,), w_p / s / (the completion's number of such positions); for ``box_mirror`` w_p / (that
+        number): its loss is a divergence, not an advantage-weighted term, so trl's reward std does not scale it."""
         ids, mask = output['completion_ids'], output['completion_mask'].bool()
         slots = self._slot_ids.to(ids.device)
         positions = box_token_mask(ids, *self._box_ids) & mask & torch.isin(ids, slots)
@@ -250,6 +262,8 @@ class SceneGRPOTrainer(GRPOTrainer):
         scale = reward_scale(self._rewards_per_func, self.reward_weights, self.num_generations, self.scale_rewards)
         n = ids.size(0)
         scale = scale[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n, 0].cpu()
+        if self.perception_credit == 'box_mirror':
+            scale = torch.ones_like(scale)
         per_row = float(self.reward_weights[k]) / scale / positions.sum(1).clamp(min=1).cpu()
         return {'slot_positions': positions, 'slot_rewards': rewards.to(ids.device),
                 'slot_scale': per_row.to(ids.device, torch.float32)}
@@ -281,7 +295,8 @@ class SceneGRPOTrainer(GRPOTrainer):
                                                      'view_mask') if k in inputs}
         if 'slot_positions' not in inputs:
             return super()._compute_loss(model, inputs)
-        # box_expected: the policy forward below also returns log pi of every slot at the referring positions
+        # box_expected / box_mirror: the policy forward below also returns log pi of every slot at the referring
+        # positions
         capture = self._slot_capture = {'positions': inputs['slot_positions'], 'logps': []}
         try:
             loss = super()._compute_loss(model, inputs)
@@ -290,8 +305,12 @@ class SceneGRPOTrainer(GRPOTrainer):
         slot_logps = torch.cat(capture['logps'])
         positions = inputs['slot_positions']
         rewards = inputs['slot_rewards'][positions]
-        values = rewards * inputs['slot_scale'][:, None, None].expand_as(inputs['slot_rewards'])[positions]
-        per_position = expected_slot_loss(slot_logps, values.to(slot_logps))
+        weights = inputs['slot_scale'][:, None, None].expand_as(inputs['slot_rewards'])[positions]
+        if self.perception_credit == 'box_mirror':
+            per_position = weights[:, 0].to(slot_logps) * mirror_slot_loss(slot_logps, rewards.to(slot_logps),
+                                                                            self.slot_step)
+        else:
+            per_position = expected_slot_loss(slot_logps, (rewards * weights).to(slot_logps))
         # like trl's 'grpo' loss: per completion (a sum over its referring positions, each already divided by
         # their number), mean over the micro-batch, divided over the accumulation steps
         mode = 'train' if self.model.training else 'eval'
@@ -303,6 +322,13 @@ class SceneGRPOTrainer(GRPOTrainer):
                 ((p * rewards).sum(-1) / p.sum(-1).clamp(min=1e-12)).mean().item())
             self._metrics[mode]['box_expected/slot_iou_best'].append(rewards.max(-1).values.mean().item())
             self._metrics[mode]['box_expected/slot_mass'].append(p.sum(-1).mean().item())
+            # the policy's (slot-renormalised) probability of a best slot: the policy gradient at that token
+            # scales with it, so a small value means a weak push towards the right object
+            top = rewards.max(-1, keepdim=True).values
+            best, some = (rewards >= top - 1e-6) & (top > 0), top[:, 0] > 0
+            if some.any():
+                self._metrics[mode]['box_expected/slot_p_best'].append(
+                    ((p * best).sum(-1) / p.sum(-1).clamp(min=1e-12))[some].mean().item())
         return loss
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
@@ -398,6 +424,7 @@ def build_grpo_trainer(cfg: dict, output_dir: str | Path, model=None, processor=
                                                       segment=processor.num_object_tokens > 0),
                             scene_processor=processor,
                             perception_credit=rewards.get('perception_credit', 'sequence'),
+                            slot_step=rewards.get('slot_step', 5.0),
                             callbacks=[make_log_callback(output_dir / 'log.jsonl'), make_processor_saver(processor)])
 
 
