@@ -28,8 +28,8 @@ def toy_dir(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp('toy'), num_scenes=3, use_project_generator=False)
 
 
-def make_trainer(toy_dir, tmp_path, reward_funcs=None, rewards=None, **train):
-    cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 128},
+def make_trainer(toy_dir, tmp_path, reward_funcs=None, rewards=None, lr_scales=None, **train):
+    cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 128}, 'lr_scales': lr_scales,
            'data': {'dir': str(toy_dir), 'max_points': 1024, 'max_train': 4},
            'rewards': rewards or {'names': ['format']},
            'train': {'per_device_train_batch_size': G, 'num_generations': G, 'max_completion_length': 6,
@@ -146,6 +146,22 @@ def test_group_normalised_advantages_and_scene_in_generation(toy_dir, tmp_path):
 
 
 # -- perception_credit: 'box' ---------------------------------------------------------------------
+def test_lr_scales_give_matching_parameters_their_own_learning_rate(toy_dir, tmp_path):
+    trainer, _ = make_trainer(toy_dir, tmp_path, lr_scales={r'self_attn\.(q|k)_proj': 30.0}, learning_rate=1e-4)
+    optimizer = trainer.create_optimizer()
+    lr_of = {id(p): g['lr'] for g in optimizer.param_groups for p in g['params']}
+    decay_of = {id(p): g['weight_decay'] for g in optimizer.param_groups for p in g['params']}
+    named = dict(trainer.model.named_parameters())
+    fast = [n for n in named if '.self_attn.q_proj.' in n or '.self_attn.k_proj.' in n]
+    assert fast and all(lr_of[id(named[n])] == pytest.approx(3e-3) for n in fast)
+    slow = [n for n in named if n not in fast and named[n].requires_grad]
+    assert slow and all(lr_of[id(named[n])] == pytest.approx(1e-4) for n in slow)
+    # weight decay as trl's own grouping gives it (none on biases and norms)
+    assert decay_of[id(named[next(n for n in fast if n.endswith('q_proj.weight'))])] == trainer.args.weight_decay
+    assert decay_of[id(named[next(n for n in fast if n.endswith('q_proj.bias'))])] == 0.0
+    assert len(lr_of) == sum(p.requires_grad for p in named.values())   # every trainable parameter, once
+
+
 def test_box_token_mask_covers_answer_boxes_only():
     o, c, a = 7, 8, 5
     ids = torch.tensor([[1, o, 2, c, a, 3, o, 4, 9, c, o, 6, c, 0],    # a box before <answer> is not the answer's

@@ -46,6 +46,14 @@ unbiased for the same objective, with no sampling variance at the token that dec
 whose boxes are written as numbers (or with no box) keep ``box_total`` credit. The format and similarity parts,
 the clipped surrogate on every token and the KL term are unchanged. Not in the paper (a credit-assignment
 choice, like ``box``); why it was tried: training/README.md, "Expected credit at the referring token".
+
+``box_mirror``: the same exact slot rewards r_k at the same positions, but instead of the expected policy gradient
+(whose push on the best slot's logit is π(best) (r_best − b), a few percent of a label's when π(best) is ~0.1) the
+loss is KL(q ‖ π̃) with π̃ the policy over the slots and q ∝ π̃ · exp(η r) its mirror-descent improvement
+(``rewards.slot_step`` = η; the KL-regularised policy-improvement step of MDPO / MPO, computed exactly because all
+K actions are scored). Its gradient on the slot logits is π̃ − q, which stays of order one when the right slot is
+unlikely. Weighted w_p per completion, shared over its referring positions. Not in the paper either; why it was
+tried: training/README.md, "Mirror-descent credit".
 """
 
 from __future__ import annotations
@@ -53,9 +61,11 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+import re
 
 from accelerate.utils import is_peft_model
 import torch
+from transformers import Trainer
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
@@ -134,11 +144,12 @@ class SceneGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose prompts carry a scene point cloud (looked up by the dataset's ``scene_id``)."""
 
     def __init__(self, model, *args, scene_clouds: SceneClouds, scene_processor, perception_credit: str = 'sequence',
-                 slot_step: float = 5.0, **kwargs):
+                 slot_step: float = 5.0, lr_scales: dict[str, float] | None = None, **kwargs):
         if perception_credit not in PERCEPTION_CREDITS:
             raise ValueError(f'perception_credit must be one of {PERCEPTION_CREDITS}, got {perception_credit!r}')
         self.scene_clouds, self.scene_processor = scene_clouds, scene_processor
         self.perception_credit, self.slot_step = perception_credit, float(slot_step)
+        self.lr_scales = {str(k): float(v) for k, v in (lr_scales or {}).items()}
         self._scene_inputs: dict[str, torch.Tensor] = {}
         self._rewards_per_func: torch.Tensor | None = None
         self._batch_boxes: list = []
@@ -191,6 +202,25 @@ class SceneGRPOTrainer(GRPOTrainer):
                                  f'{self.loss_type!r}')
             self._slot_ids = torch.tensor([self._tokenizer.convert_tokens_to_ids(OBJECT_REF.format(k))
                                            for k in range(scene_processor.num_object_tokens)])
+
+    def create_optimizer(self, model=None):
+        """trl's optimizer, with one parameter group per ``lr_scales`` entry (regex on the parameter name ->
+        learning-rate multiplier; the first matching pattern wins) so that a few parameters can move faster
+        than the rest; the scheduler scales every group's rate alike."""
+        if not self.lr_scales or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = model if model is not None else self.model
+        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[float, bool], list] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                scale = next((v for k, v in self.lr_scales.items() if re.search(k, name)), 1.0)
+                groups.setdefault((scale, name in decay), []).append(param)
+        self.optimizer = opt_cls([{'params': ps, 'lr': self.args.learning_rate * scale,
+                                   'weight_decay': self.args.weight_decay if d else 0.0}
+                                  for (scale, d), ps in groups.items()], **opt_kwargs)
+        return self.optimizer
 
     # -- scene inputs --------------------------------------------------------------------------
     def scene_tensors(self, scene_ids: list[str]) -> dict[str, torch.Tensor]:
@@ -424,7 +454,7 @@ def build_grpo_trainer(cfg: dict, output_dir: str | Path, model=None, processor=
                                                       segment=processor.num_object_tokens > 0),
                             scene_processor=processor,
                             perception_credit=rewards.get('perception_credit', 'sequence'),
-                            slot_step=rewards.get('slot_step', 5.0),
+                            slot_step=rewards.get('slot_step', 5.0), lr_scales=cfg.get('lr_scales'),
                             callbacks=[make_log_callback(output_dir / 'log.jsonl'), make_processor_saver(processor)])
 
 
