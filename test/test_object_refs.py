@@ -123,3 +123,18 @@ def test_references_survive_save_and_load(refs_model, scene_cloud, tmp_path):
     rows = scene_cloud[2]
     text = f'<think>a</think><answer><box>chair_1 {OBJECT_REF.format(0)}</box></answer>'
     assert proc2.resolve_object_refs(text, rows) == proc.resolve_object_refs(text, rows) != text
+
+
+def test_binding_stats_by_hand():
+    from training.probe import slot_choice_stats
+
+    # three referring positions over four slots holding classes chair, chair, table, (empty)
+    classes = torch.tensor([[0, 0, 1, -1]] * 3)
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.2, 0.1],      # target slot 0: picks slot 1, same class
+                                     [0.1, 0.1, 0.7, 0.1],      # target slot 2 (the only table): right
+                                     [0.5, 0.1, 0.3, 0.1]]))    # target slot 2: picks a chair
+    stats = slot_choice_stats(logits, torch.tensor([0, 2, 2]), classes)
+    assert stats['positions'] == 3 and stats['slot_argmax_right'] == 1 and stats['slot_argmax_same_class'] == 2
+    assert stats['p_right'] == pytest.approx(0.1 + 0.7 + 0.3)
+    assert stats['p_right_class'] == pytest.approx(0.7 + 0.7 + 0.3)
+    assert stats['class_unique'] == 2 and stats['right_when_class_unique'] == 1

@@ -108,6 +108,16 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     assert cmp['split'] == 'test' and set(cmp['metrics']) == {'Format', 'Acc@0.25', 'SemSim'}
     assert cmp['metrics']['Format']['n'] == 4
 
+    # the binding probe reads the teacher-forced <obj_k> targets; the fallback toy scenes' boxes match no proposal,
+    # so it reads a few of the project generator's scenes
+    scenes = tmp_path / 'generated'
+    subprocess.run([str(BIN / 'r3d-make-data'), '--scenes', '6', '--out', str(scenes), '--no-progress'], env=ENV,
+                   check=True, capture_output=True, timeout=240)
+    probe = json.loads(run('binding', '--data', str(scenes), '--model', str(final), '--split', 'val',
+                           '--max-points', '1024'))
+    assert probe['positions'] > 0 and 0.0 <= probe['p_right'] <= probe['p_right_class'] <= 1.0
+    assert 0.0 <= probe['slot_argmax_right'] <= probe['slot_argmax_same_class'] <= 1.0
+
     # checkpoint choice on val: the SFT model is a candidate, the chosen one is linked
     run('select', '--data', str(toy_dir), '--split', 'val', '--limit', '4', '--max-new-tokens', '16',
         '--out-dir', str(tmp_path / 'val'), '--link', str(grpo_dir / 'selected'), str(final), str(grpo_dir / 'final'))

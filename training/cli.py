@@ -7,6 +7,7 @@
     r3d-train table    results/prior.json results/sft.json results/grpo.json
     r3d-train select   --data DIR --split val --out-dir results/val runs/sft/final runs/grpo/checkpoint-*
     r3d-train compare  --data DIR results/sft.json results/grpo.json     # paired: flips + significance
+    r3d-train binding  --data DIR --model runs/sft/final --split val      # which object slot each <obj_k> picks
 
 Configs are YAML (``training/configs/*.yaml`` by name, or a path); ``--set a.b=value`` overrides any key.
 Under ``accelerate launch --config_file training/accelerate/<setup>.yaml -m training.cli ...`` the same
@@ -88,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', required=True, help='dataset directory the two runs were scored on')
     p.add_argument('--encoder', default='minilm')
     p.add_argument('--out', help='also write the comparison here (JSON)')
+
+    p = sub.add_parser('binding', help='object-identifier models: teacher-forced slot choice at each <obj_k> '
+                       'target and class-head accuracy (training/probe.py)')
+    p.add_argument('--data', required=True, help='dataset directory')
+    p.add_argument('--model', required=True, help='R3D checkpoint with object_refs')
+    p.add_argument('--split', default='val', choices=('train', 'val', 'test'))
+    p.add_argument('--limit', type=int, help='the first N records of the split (only those with a box count)')
+    p.add_argument('--max-points', type=int, default=16384, help="points kept per scene (the training config's "
+                   'data.max_points)')
+    p.add_argument('--out', help='also write the result here (JSON)')
 
     p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
     p.add_argument('results', nargs='+')
@@ -185,6 +196,20 @@ def main(argv: list[str] | None = None) -> int:
         records = load_records(split_path(args.data, runs[0]['split']), len(comps[0]))
         res = {'a': runs[0]['name'], 'b': runs[1]['name'], 'split': runs[0]['split'],
                'metrics': paired_comparison(records, comps[0], comps[1], args.encoder)}
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
+    elif args.command == 'binding':
+        from training.data import SceneClouds, load_records, split_path
+        from training.modeling import load_model_and_processor
+        from training.probe import binding_probe
+
+        model, processor = load_model_and_processor({'path': args.model})
+        if not (getattr(processor, 'object_refs', False) and processor.num_object_tokens):
+            raise SystemExit(f'{args.model}: not an object-identifier model (object_refs with object tokens)')
+        records = load_records(split_path(args.data, args.split), args.limit)
+        res = {'model': args.model, 'split': args.split,
+               **binding_probe(model, processor, records, SceneClouds(args.data, args.max_points))}
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
