@@ -371,6 +371,9 @@ def test_slot_credit_rewards_every_slot_and_its_loss_gradient_matches_full_logit
     flat = lambda gs: torch.cat([(g if g is not None else torch.zeros_like(q)).flatten() for g, q in zip(gs, params)])
     assert flat(expect).abs().max() > 1e-4                       # the term really reaches the weights
     assert torch.allclose(flat(grads), flat(expect), rtol=1e-3, atol=1e-6)
+    # the logged probability of the best slot (slot 0, IoU 1, at both positions), renormalised over the slots
+    p_best = (p[:, 0] / p.sum(-1)).mean().item()
+    assert trainer._metrics['eval']['box_expected/slot_p_best'][-1] == pytest.approx(p_best, rel=1e-4)
 
 
 @pytest.mark.parametrize('credit', ['box_expected', 'box_mirror'])

@@ -289,12 +289,11 @@ class SceneGRPOTrainer(GRPOTrainer):
             texts = self.completion_texts(variants, clouds[i:i + 1].expand(len(slots), *clouds.shape[1:]))
             rewards[i, t] = torch.tensor([perception_reward_text(x, self._batch_boxes[i]) for x in texts])
         k = self.reward_func_names.index('perception_reward')
-        scale = reward_scale(self._rewards_per_func, self.reward_weights, self.num_generations, self.scale_rewards)
-        n = ids.size(0)
-        scale = scale[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n, 0].cpu()
-        if self.perception_credit == 'box_mirror':
-            scale = torch.ones_like(scale)
-        per_row = float(self.reward_weights[k]) / scale / positions.sum(1).clamp(min=1).cpu()
+        per_row = float(self.reward_weights[k]) / positions.sum(1).clamp(min=1).cpu()
+        if self.perception_credit != 'box_mirror':
+            scale = reward_scale(self._rewards_per_func, self.reward_weights, self.num_generations, self.scale_rewards)
+            n, rank = ids.size(0), self.accelerator.process_index
+            per_row = per_row / scale[rank * n:(rank + 1) * n, 0].cpu()
         return {'slot_positions': positions, 'slot_rewards': rewards.to(ids.device),
                 'slot_scale': per_row.to(ids.device, torch.float32)}
 
@@ -335,12 +334,11 @@ class SceneGRPOTrainer(GRPOTrainer):
         slot_logps = torch.cat(capture['logps'])
         positions = inputs['slot_positions']
         rewards = inputs['slot_rewards'][positions]
-        weights = inputs['slot_scale'][:, None, None].expand_as(inputs['slot_rewards'])[positions]
+        weight = inputs['slot_scale'][:, None].expand_as(positions)[positions].to(slot_logps)   # (N,)
         if self.perception_credit == 'box_mirror':
-            per_position = weights[:, 0].to(slot_logps) * mirror_slot_loss(slot_logps, rewards.to(slot_logps),
-                                                                            self.slot_step)
+            per_position = weight * mirror_slot_loss(slot_logps, rewards.to(slot_logps), self.slot_step)
         else:
-            per_position = expected_slot_loss(slot_logps, (rewards * weights).to(slot_logps))
+            per_position = expected_slot_loss(slot_logps, rewards.to(slot_logps) * weight[:, None])
         # like trl's 'grpo' loss: per completion (a sum over its referring positions, each already divided by
         # their number), mean over the micro-batch, divided over the accumulation steps
         mode = 'train' if self.model.training else 'eval'

@@ -12,8 +12,12 @@ Greedy Acc@0.25 mixes both with the proposals' quality; this probe separates the
 * ``p_right`` / ``p_right_class``: the model's probability (renormalised over the slots) of the labelled slot /
   of every slot of its class; ``right_when_class_unique``: ``slot_argmax_right`` where no other slot has that class.
 
-``r3d-train binding --data DIR --model CKPT --split val`` prints them (training/README.md, "Why GRPO does not move
-perception").
+``r3d-train binding --data DIR --model CKPT --split val`` prints them (training/README.md, "Mirror-descent credit and
+the binding probe").
+
+The point cloud is encoded twice a batch (inside the model's forward, and once more here for the class logits, which
+the forward does not return); the encoder is small beside the language model, so the probe keeps the model's own
+forward rather than a copy of it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+
+from r3d_ros.model.tokenizer import OBJECT_REF
 
 
 def slot_choice_stats(slot_logits: torch.Tensor, target: torch.Tensor, slot_classes: torch.Tensor) -> dict:
@@ -45,7 +51,8 @@ def slot_choice_stats(slot_logits: torch.Tensor, target: torch.Tensor, slot_clas
 def binding_probe(model, processor, records: Iterable, clouds, batch_size: int = 8) -> dict:
     """Teacher-forced slot choice and class-head accuracy of ``model`` on ``records`` (those with boxes)."""
     tok = processor.tokenizer
-    slot_ids = torch.tensor([tok.convert_tokens_to_ids(f'<obj_{k}>') for k in range(processor.num_object_tokens)])
+    slot_ids = torch.tensor([tok.convert_tokens_to_ids(OBJECT_REF.format(k))
+                             for k in range(processor.num_object_tokens)])
     records = [r for r in records if r.boxes]
     sums: dict[str, float] = {}
     heads = labelled = 0
