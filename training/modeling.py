@@ -27,6 +27,8 @@ class _SceneBackbone:
     def __call__(self, input_ids=None, attention_mask=None, point_clouds=None, view_pixel_values=None,
                  view_depths=None, view_mask=None, inputs_embeds=None, **kwargs):
         m = self._model
+        if point_clouds is None:
+            m._pointer_slots = None  # no scene in these rows: the slot pointer has nothing to point at
         if inputs_embeds is None:
             inputs_embeds = m.embed(input_ids, point_clouds, view_pixel_values, view_depths, view_mask)
         decoder = m.language_model.get_decoder() if hasattr(m.language_model, 'get_decoder') \
@@ -66,6 +68,7 @@ def _tiny_with_scene_encoder(model_cfg: dict, scene: dict):
     for k, v in scene.items():
         setattr(cfg, k, v)
     cfg.object_ref_token_ids = refs
+    cfg.object_pointer_size = int(model_cfg.get('object_pointer', 0)) if refs else 0
     if cfg.num_object_tokens:  # a class head over the synthetic scenes' object classes (their names as LM words)
         from r3d_ros.model.tokenizer import word_token_ids
         from training.data import object_class_names
@@ -82,7 +85,8 @@ def load_model_and_processor(model_cfg: dict):
     """(model, processor) from the ``model:`` section of a training config.
 
     * ``preset: tiny``  - a fresh tiny R3D model (``with_views``, ``num_points``, ``seed``; the scene-encoder
-      sizes of ``SCENE_ENCODER_KEYS``; ``object_refs: true`` adds the ``<obj_k>`` identifier tokens)
+      sizes of ``SCENE_ENCODER_KEYS``; ``object_refs: true`` adds the ``<obj_k>`` identifier tokens;
+      ``object_pointer: N`` with them adds a slot pointer of width N)
     * ``path: DIR``     - a saved R3D checkpoint (model + processor), e.g. the SFT output for GRPO
     * ``backbone: DIR`` - a Qwen2/2.5/3 causal LM by path (+ ``vision_tower: DIR``): paper-style model
     ``lora: {...}`` wraps the result with peft LoRA (paper: last 8 blocks, rank 12, alpha 16).

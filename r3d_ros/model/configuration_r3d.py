@@ -22,7 +22,7 @@ class R3DConfig(PretrainedConfig):
                  scene_token_id: int = 0, view_token_id: int = 0, depth_token_id: int = 0,
                  num_object_tokens: int = 0, object_points: int = 32, object_class_names=None,
                  object_class_token_ids=None, object_class_loss_weight: float = 1.0, object_ref_token_ids=None,
-                 **kwargs):
+                 object_pointer_size: int = 0, **kwargs):
         if isinstance(text_config, dict):
             text_config = AutoConfig.for_model(**text_config)
         if isinstance(vision_config, dict):
@@ -41,6 +41,9 @@ class R3DConfig(PretrainedConfig):
         self.object_class_loss_weight = object_class_loss_weight
         # identifier token of each object slot (<obj_k>): added to slot k's token, written to refer to it
         self.object_ref_token_ids = list(object_ref_token_ids or [])
+        # width of the slot pointer's query/key (0 = none): decoder states score the object slots directly and
+        # raise the logit of the matched slot's <obj_k> (see ``SlotPointer``)
+        self.object_pointer_size = int(object_pointer_size)
         self.scene_token_id, self.view_token_id, self.depth_token_id = scene_token_id, view_token_id, depth_token_id
         kwargs.setdefault('tie_word_embeddings', getattr(self.text_config, 'tie_word_embeddings', False))
         super().__init__(**kwargs)
@@ -53,6 +56,10 @@ class R3DConfig(PretrainedConfig):
     @property
     def use_object_refs(self) -> bool:
         return bool(self.object_ref_token_ids) and self.num_object_tokens > 0
+
+    @property
+    def use_object_pointer(self) -> bool:
+        return self.object_pointer_size > 0 and self.use_object_refs
 
     @property
     def use_views(self) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model
 
 PROJECTIONS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')
-TRAINABLE_MODULES = ('point_encoder', 'scene_projector', 'vision_tower', 'view_projector', 'depth_encoder')
+TRAINABLE_MODULES = ('point_encoder', 'scene_projector', 'object_box_projector', 'object_pointer', 'vision_tower',
+                     'view_projector', 'depth_encoder')
 
 
 def lora_config(num_layers: int, last_n_blocks: int = 8, r: int = 12, alpha: int = 16,

@@ -38,6 +38,37 @@ class DepthEncoder(nn.Module):
         return self.net(depth)
 
 
+class SlotPointer(nn.Module):
+    """Lets a decoder state point at an object slot: it attends over the slots (its query against each slot's
+    input features, which carry the slot's class word, box and identifier) and adds, scaled by a learned gate,
+    the attention-weighted output directions of the slots' ``<obj_k>`` tokens.
+
+    A direction is ``w_k / |w_k|^2`` (``w_k`` the LM head's row of ``<obj_k>``, no gradient), so attention
+    ``a_k`` raises that token's logit by about ``gate * a_k``: naming the object the question asks about
+    becomes one learned bilinear match between the decoder state and the slots. The 4-layer tiny LM did not
+    learn that lookup through its own attention (``r3d-train binding``; training/README.md). It acts on the
+    decoder's output, not on the logits, because trl's fused LM head projects decoder outputs itself.
+    """
+
+    def __init__(self, hidden: int, size: int):
+        super().__init__()
+        self.query = nn.Linear(hidden, size, bias=False)
+        self.key = nn.Linear(hidden, size, bias=False)
+        self.gate = nn.Linear(hidden, 1)
+
+    def forward(self, states: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor,
+                ref_rows: torch.Tensor) -> torch.Tensor:
+        """``states`` (B, T, H) decoder outputs; ``slots`` (B, K, H) the slots' input features; ``valid``
+        (B, K) slots that hold a proposal; ``ref_rows`` (K, H) the LM head's rows of ``<obj_0..K-1>``."""
+        q, k = self.query(states), self.key(slots.to(states.dtype))
+        scores = torch.einsum('btd,bkd->btk', q, k) * q.size(-1) ** -0.5
+        scores = scores.masked_fill(~valid[:, None, :], -1e4)
+        attn = scores.float().softmax(-1).to(states.dtype) * valid.any(-1)[:, None, None].to(states.dtype)
+        rows = ref_rows.detach().float()
+        directions = (rows / rows.pow(2).sum(-1, keepdim=True).clamp(min=1e-12)).to(states.dtype)
+        return states + nn.functional.softplus(self.gate(states)) * (attn @ directions)
+
+
 class R3DPreTrainedModel(PreTrainedModel):
     config_class = R3DConfig
     base_model_prefix = 'r3d'
@@ -79,6 +110,12 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
             self.vision_tower = AutoModel.from_config(config.vision_config)
             self.view_projector = nn.Linear(config.vision_config.hidden_size, hidden)
             self.depth_encoder = DepthEncoder(config.depth_channels, hidden)
+        self._pointer_slots = None  # (slot features, valid) of the scene being decoded, for SlotPointer
+        if config.use_object_pointer:
+            self.object_pointer = SlotPointer(hidden, config.object_pointer_size)
+            # every path to the logits (this forward, generate's decode steps, trl's fused head through
+            # ``model.base_model``) runs the decoder, so the pointer hooks the decoder's output
+            self._decoder().register_forward_hook(self._point_at_slots)
         self.post_init()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -90,6 +127,22 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self):
         return self.language_model.get_output_embeddings()
+
+    def _decoder(self):
+        lm = self.language_model
+        return lm.get_decoder() if hasattr(lm, 'get_decoder') else lm.model
+
+    def _point_at_slots(self, _module, _args, output):
+        if self._pointer_slots is None:  # text without a scene
+            return output
+        slots, valid = self._pointer_slots
+        states = output.last_hidden_state
+        if slots.size(0) != states.size(0):
+            raise RuntimeError(f'object pointer: {slots.size(0)} scenes for {states.size(0)} sequences')
+        rows = self.get_output_embeddings().weight[torch.tensor(self.config.object_ref_token_ids,
+                                                                device=states.device)]
+        output.last_hidden_state = self.object_pointer(states, slots, valid, rows)
+        return output
 
     @classmethod
     def from_backbone(cls, backbone_path: str | Path, vision_tower_path: str | Path | None = None, tokenizer=None,
@@ -160,6 +213,9 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
                 feats = self._add_class_words(feats, tokens, logits, point_clouds)
             if cfg.use_object_refs:
                 feats = self._add_object_refs(feats, tokens)
+            if cfg.use_object_pointer:  # kept for the decode steps, which carry no point cloud
+                start = cfg.num_scene_tokens
+                self._pointer_slots = (feats[:, start:], tokens[:, start:].abs().sum(-1) > 0)
             embeds = embeds.masked_scatter(scene_mask[..., None], feats.to(embeds.dtype))
         if cfg.use_views and view_pixel_values is not None and (input_ids == cfg.view_token_id).any():
             if view_mask is None:
@@ -217,6 +273,9 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
 
         During generation only the prefill carries the point cloud / views (see
         ``prepare_inputs_for_generation``); decode steps see plain text tokens and the KV cache."""
+        cache = kwargs.get('cache', kwargs.get('past_key_values'))  # transformers 5 renamed it 'cache'
+        if point_clouds is None and (cache is None or cache.get_seq_length() == 0):
+            self._pointer_slots = None  # a new sequence without a scene: nothing to point at
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, point_clouds, view_pixel_values, view_depths, view_mask)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
