@@ -38,15 +38,17 @@ def test_pointer_by_hand():
     head = SlotPointer(hidden, size)
     states, slots = torch.randn(2, 3, hidden), torch.randn(2, k, hidden)
     valid = torch.tensor([[True, True, False, True, True], [False] * k])
-    rows = torch.eye(k, hidden) * 3.0     # orthogonal LM-head rows: each direction moves one logit only
+    # LM-head rows of the identifiers that share a large common part (as they do after SFT)
+    rows = torch.randn(1, hidden) + 0.3 * torch.randn(k, hidden)
     out = head(states, slots, valid, rows)
     q, key = states @ head.query.weight.T, slots @ head.key.weight.T
     scores = torch.einsum('btd,bkd->btk', q, key) / size ** 0.5
     attn = torch.where(valid[:, None, :], scores, torch.tensor(-torch.inf)).softmax(-1)
     gate = torch.nn.functional.softplus(states @ head.gate.weight.T + head.gate.bias)
-    # scene 0: each slot's <obj_k> logit (rows @ state) rises by gate * its attention, the empty slot's by 0
-    torch.testing.assert_close((out - states)[0] @ rows.T, gate[0] * attn[0], atol=1e-5, rtol=1e-5)
-    assert torch.all(((out - states)[0] @ rows.T)[:, 2] == 0)
+    # scene 0: each slot's <obj_k> logit (rows @ state) rises by gate * its attention (the other identifiers'
+    # logits do not move with it), the empty slot's by 0
+    torch.testing.assert_close((out - states)[0] @ rows.T, gate[0] * attn[0], atol=1e-3, rtol=1e-3)
+    assert ((out - states)[0] @ rows.T)[:, 2].abs().max() < 1e-3
     # scene 1 has no proposal: nothing to point at
     torch.testing.assert_close(out[1], states[1])
 
