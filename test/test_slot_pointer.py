@@ -34,15 +34,18 @@ def scene_batch(pointer_model):
 
 def test_pointer_by_hand():
     torch.manual_seed(0)
-    hidden, size, k = 12, 4, 5
-    head = SlotPointer(hidden, size)
+    hidden, size, k, classes = 12, 4, 5, 3
+    head = SlotPointer(hidden, size, classes)
     states, slots = torch.randn(2, 3, hidden), torch.randn(2, k, hidden)
+    slot_classes = torch.randn(2, k, classes).softmax(-1)
     valid = torch.tensor([[True, True, False, True, True], [False] * k])
     # LM-head rows of the identifiers that share a large common part (as they do after SFT)
     rows = torch.randn(1, hidden) + 0.3 * torch.randn(k, hidden)
-    out = head(states, slots, valid, rows)
+    out = head(states, slots, valid, rows, slot_classes)
     q, key = states @ head.query.weight.T, slots @ head.key.weight.T
-    scores = torch.einsum('btd,bkd->btk', q, key) / size ** 0.5
+    asked = (states @ head.class_query.weight.T + head.class_query.bias).softmax(-1)
+    scores = torch.einsum('btd,bkd->btk', q, key) / size ** 0.5 \
+        + torch.log(torch.einsum('btc,bkc->btk', asked, slot_classes) + 1e-6)
     attn = torch.where(valid[:, None, :], scores, torch.tensor(-torch.inf)).softmax(-1)
     gate = torch.nn.functional.softplus(states @ head.gate.weight.T + head.gate.bias)
     # scene 0: each slot's <obj_k> logit (rows @ state) rises by gate * its attention (the other identifiers'
@@ -51,6 +54,19 @@ def test_pointer_by_hand():
     assert ((out - states)[0] @ rows.T)[:, 2].abs().max() < 1e-3
     # scene 1 has no proposal: nothing to point at
     torch.testing.assert_close(out[1], states[1])
+
+
+def test_class_term_points_at_the_slots_of_the_asked_class():
+    torch.manual_seed(1)
+    head = SlotPointer(8, 4, 3)
+    with torch.no_grad():
+        head.query.weight.zero_()                      # the class term alone
+        head.class_query.weight.zero_()
+        head.class_query.bias.copy_(torch.tensor([0.0, 8.0, 0.0]))   # every state asks for class 1
+    slot_classes = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 1]]), 3).float()
+    scores = head.scores(torch.randn(1, 2, 8), torch.randn(1, 4, 8), slot_classes)
+    assert set(scores[0, 0].topk(2).indices.tolist()) == {1, 3}
+    assert scores[0, 0, 1] - scores[0, 0, 0] > 5
 
 
 def test_decode_steps_keep_the_scene_slots(pointer_model, scene_batch):

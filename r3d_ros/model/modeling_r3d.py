@@ -39,24 +39,30 @@ class DepthEncoder(nn.Module):
 
 
 class SlotPointer(nn.Module):
-    """Lets a decoder state point at an object slot: it attends over the slots (its query against each slot's
-    input features, which carry the slot's class word, box and identifier) and adds, scaled by a learned gate,
-    the attention-weighted output directions of the slots' ``<obj_k>`` tokens.
+    """Lets a decoder state point at an object slot and raise that slot's ``<obj_k>`` logit.
+
+    Each slot k gets a score: the log-probability that its class (the class head's distribution ``p_k``) is the
+    class the decoder state asks for (``softmax(class_query(h))``), plus a bilinear match of the state against
+    the slot's input features (box, class word, identifier) for what the class does not settle. Attention over
+    the filled slots then adds, scaled by a learned gate, the slots' output directions to the state.
 
     The directions are the dual basis of the LM head's ``<obj_k>`` rows ``w_k`` (no gradient): ``w_j . d_k`` is 1
     for j = k and 0 otherwise, so attention ``a_k`` raises ``<obj_k>``'s logit by ``gate * a_k`` and leaves the
     other identifiers' logits alone. (The rows share a large common part, cosine ~0.8 after SFT, so plain
-    ``w_k / |w_k|^2`` would raise every identifier almost as much as the one pointed at.) Naming the object the
-    question asks about
-    becomes one learned bilinear match between the decoder state and the slots. The 4-layer tiny LM did not
-    learn that lookup through its own attention (``r3d-train binding``; training/README.md). It acts on the
-    decoder's output, not on the logits, because trl's fused LM head projects decoder outputs itself.
+    ``w_k / |w_k|^2`` would raise every identifier almost as much as the one pointed at.)
+
+    Why: the 4-layer tiny LM did not learn to look the asked class up among the slots through its own attention
+    (``r3d-train binding``; training/README.md), and a bilinear match alone did not learn it in an SFT epoch
+    either (the class word is a small part of a slot's features). The class term makes it a class read-out
+    from the decoder state, which sees the class word it has just written. The pointer acts on the decoder's
+    output, not on the logits, because trl's fused LM head projects decoder outputs itself.
     """
 
-    def __init__(self, hidden: int, size: int):
+    def __init__(self, hidden: int, size: int, num_classes: int = 0):
         super().__init__()
         self.query = nn.Linear(hidden, size, bias=False)
         self.key = nn.Linear(hidden, size, bias=False)
+        self.class_query = nn.Linear(hidden, num_classes) if num_classes else None
         self.gate = nn.Linear(hidden, 1)
 
     @staticmethod
@@ -67,14 +73,23 @@ class SlotPointer(nn.Module):
         gram = gram + ridge * gram.diagonal().mean() * torch.eye(len(rows), device=rows.device)
         return torch.linalg.solve(gram, rows)
 
-    def forward(self, states: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor,
-                ref_rows: torch.Tensor) -> torch.Tensor:
-        """``states`` (B, T, H) decoder outputs; ``slots`` (B, K, H) the slots' input features; ``valid``
-        (B, K) slots that hold a proposal; ``ref_rows`` (K, H) the LM head's rows of ``<obj_0..K-1>``."""
+    def scores(self, states: torch.Tensor, slots: torch.Tensor, slot_classes: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, K) match of each decoder state with each slot."""
         q, k = self.query(states), self.key(slots.to(states.dtype))
-        scores = torch.einsum('btd,bkd->btk', q, k) * q.size(-1) ** -0.5
-        scores = scores.masked_fill(~valid[:, None, :], -1e4)
-        attn = scores.float().softmax(-1).to(states.dtype) * valid.any(-1)[:, None, None].to(states.dtype)
+        scores = torch.einsum('btd,bkd->btk', q, k).float() * q.size(-1) ** -0.5
+        if self.class_query is not None and slot_classes is not None:
+            asked = self.class_query(states).float().softmax(-1)                     # (B, T, C)
+            same = torch.einsum('btc,bkc->btk', asked, slot_classes.float())          # P(slot class = asked)
+            scores = scores + torch.log(same + 1e-6)
+        return scores
+
+    def forward(self, states: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor, ref_rows: torch.Tensor,
+                slot_classes: torch.Tensor | None = None) -> torch.Tensor:
+        """``states`` (B, T, H) decoder outputs; ``slots`` (B, K, H) the slots' input features; ``valid``
+        (B, K) slots that hold a proposal; ``ref_rows`` (K, H) the LM head's rows of ``<obj_0..K-1>``;
+        ``slot_classes`` (B, K, C) the class head's probabilities per slot (none: the bilinear match alone)."""
+        scores = self.scores(states, slots, slot_classes).masked_fill(~valid[:, None, :], -1e4)
+        attn = scores.softmax(-1).to(states.dtype) * valid.any(-1)[:, None, None].to(states.dtype)
         directions = self.dual_basis(ref_rows).to(states.dtype)
         return states + nn.functional.softplus(self.gate(states)) * (attn @ directions)
 
@@ -120,9 +135,9 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
             self.vision_tower = AutoModel.from_config(config.vision_config)
             self.view_projector = nn.Linear(config.vision_config.hidden_size, hidden)
             self.depth_encoder = DepthEncoder(config.depth_channels, hidden)
-        self._pointer_slots = None  # (slot features, valid) of the scene being decoded, for SlotPointer
+        self._pointer_slots = None  # (slot features, valid, class probabilities) of the scene being decoded
         if config.use_object_pointer:
-            self.object_pointer = SlotPointer(hidden, config.object_pointer_size)
+            self.object_pointer = SlotPointer(hidden, config.object_pointer_size, len(config.object_class_token_ids))
             # every path to the logits (this forward, generate's decode steps, trl's fused head through
             # ``model.base_model``) runs the decoder, so the pointer hooks the decoder's output
             self._decoder().register_forward_hook(self._point_at_slots)
@@ -145,13 +160,13 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
     def _point_at_slots(self, _module, _args, output):
         if self._pointer_slots is None:  # text without a scene
             return output
-        slots, valid = self._pointer_slots
+        slots, valid, classes = self._pointer_slots
         states = output.last_hidden_state
         if slots.size(0) != states.size(0):
             raise RuntimeError(f'object pointer: {slots.size(0)} scenes for {states.size(0)} sequences')
         rows = self.get_output_embeddings().weight[torch.tensor(self.config.object_ref_token_ids,
                                                                 device=states.device)]
-        output.last_hidden_state = self.object_pointer(states, slots, valid, rows)
+        output.last_hidden_state = self.object_pointer(states, slots, valid, rows, classes)
         return output
 
     @classmethod
@@ -225,7 +240,8 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
                 feats = self._add_object_refs(feats, tokens)
             if cfg.use_object_pointer:  # kept for the decode steps, which carry no point cloud
                 start = cfg.num_scene_tokens
-                self._pointer_slots = (feats[:, start:], tokens[:, start:].abs().sum(-1) > 0)
+                classes = None if logits is None else logits.detach().float().softmax(-1)
+                self._pointer_slots = (feats[:, start:], tokens[:, start:].abs().sum(-1) > 0, classes)
             embeds = embeds.masked_scatter(scene_mask[..., None], feats.to(embeds.dtype))
         if cfg.use_views and view_pixel_values is not None and (input_ids == cfg.view_token_id).any():
             if view_mask is None:
