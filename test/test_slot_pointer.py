@@ -41,7 +41,7 @@ def test_pointer_by_hand():
     valid = torch.tensor([[True, True, False, True, True], [False] * k])
     # LM-head rows of the identifiers that share a large common part (as they do after SFT)
     rows = torch.randn(1, hidden) + 0.3 * torch.randn(k, hidden)
-    out = head(states, slots, valid, rows, slot_classes)
+    out, head_scores = head(states, slots, valid, rows, slot_classes)
     q, key = states @ head.query.weight.T, slots @ head.key.weight.T
     asked = (states @ head.class_query.weight.T + head.class_query.bias).softmax(-1)
     scores = torch.einsum('btd,bkd->btk', q, key) / size ** 0.5 \
@@ -130,3 +130,29 @@ def test_lora_keeps_the_pointer_trainable(pointer_model):
     peft_model = apply_lora(copy.deepcopy(model))
     pointer = [p.requires_grad for n, p in peft_model.named_parameters() if '.object_pointer.' in n]
     assert pointer and all(pointer)
+
+
+def test_slot_matching_loss_by_hand():
+    from r3d_ros.model.modeling_r3d import slot_pointer_loss
+
+    refs = [50, 51, 52]                       # <obj_0..2>
+    scores = torch.randn(2, 5, 3)
+    labels = torch.tensor([[-100, 7, 51, 8, 9],       # position 1 predicts <obj_1>
+                           [-100, -100, 7, 8, 52]])   # position 3 predicts <obj_2>
+    loss, counts = slot_pointer_loss(scores, labels, refs)
+    by_hand = -(scores[0, 1].log_softmax(-1)[1] + scores[1, 3].log_softmax(-1)[2]) / 2
+    torch.testing.assert_close(loss, by_hand)
+    assert counts == {'positions': 2, 'right': int(scores[0, 1].argmax() == 1) + int(scores[1, 3].argmax() == 2)}
+    none, counts = slot_pointer_loss(scores, torch.full((2, 5), -100), refs)
+    assert float(none) == 0.0 and counts['positions'] == 0
+
+
+def test_training_forward_keeps_the_scores_for_the_matching_loss(pointer_model, scene_batch):
+    model, _ = pointer_model
+    model.train()
+    try:
+        model(**scene_batch)
+        assert model.object_pointer_scores.shape == (*scene_batch['input_ids'].shape, SLOTS)
+    finally:
+        model.eval()
+        model.object_pointer_scores = None

@@ -61,13 +61,13 @@ def test_help_of_every_command():
 
 def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     sft_dir, grpo_dir = tmp_path / 'sft', tmp_path / 'grpo'
-    # the object-identifier variant, so the smoke run covers proposals, object tokens, the class head and boxes
-    # written as <obj_k> references end to end
-    run('sft', '--config', 'tiny_sft_refs', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
+    # the object-identifier variant with the slot pointer, so the smoke run covers proposals, object tokens, the
+    # class head, the pointer and boxes written as <obj_k> references end to end
+    run('sft', '--config', 'tiny_sft_pointer', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
         '--set', 'train.max_steps=2', '--set', 'train.save_steps=2')
     assert (sft_dir / 'checkpoint-2').is_dir()
     # resumable: a second run continues from checkpoint-2 instead of starting over
-    run('sft', '--config', 'tiny_sft_refs', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
+    run('sft', '--config', 'tiny_sft_pointer', '--data', str(toy_dir), '--output-dir', str(sft_dir), *SMALL,
         '--set', 'train.max_steps=4', '--set', 'train.save_steps=2', '--resume')
     steps = [d['step'] for d in log_lines(sft_dir) if 'loss' in d]
     assert steps == [1, 2, 3, 4]
@@ -77,6 +77,7 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     loaded = R3DForConditionalGeneration.from_pretrained(str(final))    # a plain checkpoint the reasoner can load
     assert loaded.config.num_object_tokens == 32 and len(loaded.config.object_class_token_ids) > 0
     assert len(loaded.config.object_ref_token_ids) == 32 and R3DProcessor.from_pretrained(str(final)).object_refs
+    assert loaded.config.use_object_pointer
 
     # tiny_grpo_box = the shipped model's tiny_grpo_refs + per-token credit for the perception reward (the split of
     # trl's advantage is checked against trl's own on every step)

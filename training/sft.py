@@ -34,7 +34,8 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
     args = SFTConfig(output_dir=str(output_dir), report_to='none', **{**cfg.get('train', {}), **_FORCED})
     class SceneSFTTrainer(SFTTrainer):
         """trl's SFTTrainer + the object-class loss of models with an object-class head (set by the model's
-        forward when the batch's scenes carry class targets; see ``R3DForConditionalGeneration.embed``)."""
+        forward when the batch's scenes carry class targets; see ``R3DForConditionalGeneration.embed``) and the
+        slot-matching loss of models with a slot pointer (its scores against the labelled ``<obj_k>``)."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -50,6 +51,18 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
                 # the LM loss is already divided over the accumulation steps (num_items_in_batch): match it
                 steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
                 loss = loss + base.config.object_class_loss_weight * aux / steps
+            scores = getattr(base, 'object_pointer_scores', None)
+            if scores is not None and 'labels' in inputs:
+                base.object_pointer_scores = None
+                from r3d_ros.model.modeling_r3d import slot_pointer_loss
+
+                aux, counts = slot_pointer_loss(scores, inputs['labels'], base.config.object_ref_token_ids)
+                mode = 'train' if model.training else 'eval'
+                if counts['positions']:
+                    self._metrics[mode]['object_pointer_loss'].append(float(aux.detach()))
+                    self._metrics[mode]['object_pointer_acc'].append(counts['right'] / counts['positions'])
+                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+                loss = loss + aux / steps
             return (loss, *result[1:]) if return_outputs else loss
 
     trainer = SceneSFTTrainer(model=model, args=args, train_dataset=to_dataset(sft_rows(train)),

@@ -84,14 +84,32 @@ class SlotPointer(nn.Module):
         return scores
 
     def forward(self, states: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor, ref_rows: torch.Tensor,
-                slot_classes: torch.Tensor | None = None) -> torch.Tensor:
+                slot_classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``states`` (B, T, H) decoder outputs; ``slots`` (B, K, H) the slots' input features; ``valid``
         (B, K) slots that hold a proposal; ``ref_rows`` (K, H) the LM head's rows of ``<obj_0..K-1>``;
-        ``slot_classes`` (B, K, C) the class head's probabilities per slot (none: the bilinear match alone)."""
+        ``slot_classes`` (B, K, C) the class head's probabilities per slot (none: the bilinear match alone).
+        Returns the new states and the (B, T, K) slot scores (empty slots at -1e4)."""
         scores = self.scores(states, slots, slot_classes).masked_fill(~valid[:, None, :], -1e4)
         attn = scores.softmax(-1).to(states.dtype) * valid.any(-1)[:, None, None].to(states.dtype)
         directions = self.dual_basis(ref_rows).to(states.dtype)
-        return states + nn.functional.softplus(self.gate(states)) * (attn @ directions)
+        return states + nn.functional.softplus(self.gate(states)) * (attn @ directions), scores
+
+
+def slot_pointer_loss(scores: torch.Tensor, labels: torch.Tensor, ref_token_ids) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of the pointer's slot scores against the labelled slot at every position whose next label is
+    an identifier ``<obj_k>``: the slot-text matching loss SFT adds for models with a :class:`SlotPointer`.
+
+    ``scores`` (B, T, K) from the forward (``object_pointer_scores``); ``labels`` (B, T) the LM labels (-100 where
+    not scored). Returns the mean loss (0 without referring positions) and {positions, right} counts."""
+    ids = torch.as_tensor(list(ref_token_ids), device=labels.device)
+    nxt = labels[:, 1:]
+    where = torch.isin(nxt, ids).nonzero()
+    if not len(where):
+        return scores.sum() * 0.0, {'positions': 0, 'right': 0}
+    target = (nxt[where[:, 0], where[:, 1], None] == ids).float().argmax(-1)
+    picked = scores[:, :-1][where[:, 0], where[:, 1]].float()
+    loss = nn.functional.cross_entropy(picked, target)
+    return loss, {'positions': len(target), 'right': int((picked.argmax(-1) == target).sum())}
 
 
 class R3DPreTrainedModel(PreTrainedModel):
@@ -136,6 +154,7 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
             self.view_projector = nn.Linear(config.vision_config.hidden_size, hidden)
             self.depth_encoder = DepthEncoder(config.depth_channels, hidden)
         self._pointer_slots = None  # (slot features, valid, class probabilities) of the scene being decoded
+        self.object_pointer_scores = None
         if config.use_object_pointer:
             self.object_pointer = SlotPointer(hidden, config.object_pointer_size, len(config.object_class_token_ids))
             # every path to the logits (this forward, generate's decode steps, trl's fused head through
@@ -166,7 +185,9 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
             raise RuntimeError(f'object pointer: {slots.size(0)} scenes for {states.size(0)} sequences')
         rows = self.get_output_embeddings().weight[torch.tensor(self.config.object_ref_token_ids,
                                                                 device=states.device)]
-        output.last_hidden_state = self.object_pointer(states, slots, valid, rows, classes)
+        output.last_hidden_state, scores = self.object_pointer(states, slots, valid, rows, classes)
+        if self.training:  # read by the SFT trainer's slot-matching loss (``slot_pointer_loss``)
+            self.object_pointer_scores = scores
         return output
 
     @classmethod
