@@ -2,8 +2,9 @@
 # Rebuild the embedded default model (r3d_ros/assets/r3d_tiny) and its held-out table on a CPU, one thread per
 # stage. Wall times on the shared 2-core dev VM are in training/README.md ("The embedded default model").
 #   data    r3d-make-data: 320 scenes (256 train / 32 val / 32 test)
-#   sft     tiny_sft_refs  (3 epochs, 1,344 steps; object tokens whose boxes are referred to as <obj_k>)
-#   grpo    tiny_grpo_refs from the SFT model (50 steps x 16 prompts, a checkpoint every 10)
+#   sft     tiny_sft_pointer (3 epochs, 1,344 steps; object tokens whose boxes are referred to as <obj_k>, picked
+#           by the slot pointer)
+#   grpo    tiny_grpo_pointer from the SFT model (30 steps x 16 prompts, a checkpoint every 10)
 #   select  the SFT model and every GRPO checkpoint, greedy-decoded on the first 224 val records; the highest
 #           Format + Acc@0.25 + SemSim wins (the SFT model first: GRPO has to beat it to be chosen)
 #   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint) on the test split; the table
@@ -11,9 +12,9 @@
 # Usage: bash training/make_embedded_model.sh [data|sft|grpo|select|test|ship]...   (default: all, in order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 bin=.venv/bin
-data=data/embedded sft=runs/embedded_sft grpo=runs/embedded_grpo
+data=data/embedded sft=runs/sft_pointer grpo=runs/grpo_pointer
 points=(--max-points 16384)   # the scene clouds the SFT and GRPO configs train on (data.max_points)
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(data sft grpo select test ship)
@@ -21,8 +22,8 @@ t() { local s=$SECONDS; "$@"; echo "[$(date +%T)] $* : $((SECONDS - s)) s" >&2; 
 for stage in "${stages[@]}"; do
   case $stage in
     data)   t $bin/r3d-make-data --scenes 320 --out $data --no-progress ;;
-    sft)    t $bin/r3d-train sft  --config tiny_sft_refs  --data $data --output-dir $sft ;;
-    grpo)   t $bin/r3d-train grpo --config tiny_grpo_refs --data $data --model $sft/final --output-dir $grpo ;;
+    sft)    t $bin/r3d-train sft  --config tiny_sft_pointer --data $data --output-dir $sft ;;
+    grpo)   t $bin/r3d-train grpo --config tiny_grpo_pointer --data $data --model $sft/final --output-dir $grpo ;;
     select) t $bin/r3d-train select --data $data --split val --limit 224 "${points[@]}" --out-dir results/val \
                 --link $grpo/selected $sft/final $(ls -d $grpo/checkpoint-* | sort -t- -k2 -n) ;;
     test)
