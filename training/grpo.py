@@ -373,7 +373,8 @@ class SceneGRPOTrainer(GRPOTrainer):
         hook = None
         if capture is not None:  # box_expected: keep the decoder output of this (policy) forward
             self._slot_capture = None  # one forward per loss
-            hook = _decoder_of(model).register_forward_hook(lambda _m, _i, o: hidden.append(o.last_hidden_state))
+            decoder = _unwrapped(model).get_decoder()
+            hook = decoder.register_forward_hook(lambda _m, _i, o: hidden.append(o.last_hidden_state))
         try:
             for start in range(0, input_ids.size(0), batch_size):
                 end = min(start + batch_size, input_ids.size(0))
@@ -409,12 +410,6 @@ def _unwrapped(model):
     """The R3D model inside DDP / PEFT wrappers."""
     base = model.module if hasattr(model, 'module') else model
     return base.get_base_model() if hasattr(base, 'get_base_model') else base
-
-
-def _decoder_of(model):
-    """The language model's decoder inside the (possibly wrapped, PEFT or DDP) R3D model."""
-    lm = _unwrapped(model).language_model
-    return lm.get_decoder() if hasattr(lm, 'get_decoder') else lm.model
 
 
 def placeholder_token_ids(model) -> list[int]:

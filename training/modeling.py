@@ -31,8 +31,7 @@ class _SceneBackbone:
             m._pointer_slots = None  # no scene in these rows: the slot pointer has nothing to point at
         if inputs_embeds is None:
             inputs_embeds = m.embed(input_ids, point_clouds, view_pixel_values, view_depths, view_mask)
-        decoder = m.language_model.get_decoder() if hasattr(m.language_model, 'get_decoder') \
-            else m.language_model.model
+        decoder = m.get_decoder()
         kwargs.pop('output_router_logits', None)
         return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 

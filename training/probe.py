@@ -26,6 +26,7 @@ from collections.abc import Iterable
 
 import torch
 
+from r3d_ros.model.modeling_r3d import referring_positions
 from r3d_ros.model.tokenizer import OBJECT_REF
 
 
@@ -69,11 +70,9 @@ def binding_probe(model, processor, records: Iterable, clouds, batch_size: int =
         valid = classes >= 0
         labelled += int(valid.sum())
         heads += int(((class_logits.argmax(-1) == classes) & valid).sum())
-        next_ids = inputs['labels'][:, 1:]
-        where = torch.isin(next_ids, slot_ids).nonzero()                        # (row, position) of each <obj_k>
+        where, target = referring_positions(inputs['labels'], slot_ids)        # (row, position) of each <obj_k>
         if not len(where):
             continue
-        target = (next_ids[where[:, 0], where[:, 1], None] == slot_ids).float().argmax(-1)
         stats = slot_choice_stats(logits[where[:, 0], where[:, 1]][:, slot_ids], target, classes[where[:, 0]])
         for k, v in stats.items():
             sums[k] = sums.get(k, 0) + v

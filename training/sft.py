@@ -41,15 +41,15 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
             loss = result[0] if return_outputs else result
+            mode = 'train' if model.training else 'eval'
+            # the LM loss is already divided over the accumulation steps (num_items_in_batch): auxiliary losses match it
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
             base = self.accelerator.unwrap_model(model)
             base = base.get_base_model() if hasattr(base, 'get_base_model') else base
             aux = getattr(base, 'object_class_loss', None)
             if aux is not None:
                 base.object_class_loss = None
-                mode = 'train' if model.training else 'eval'
                 self._metrics[mode]['object_class_loss'].append(float(aux.detach()))
-                # the LM loss is already divided over the accumulation steps (num_items_in_batch): match it
-                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
                 loss = loss + base.config.object_class_loss_weight * aux / steps
             scores = getattr(base, 'object_pointer_scores', None)
             if scores is not None and 'labels' in inputs:
@@ -57,11 +57,9 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
                 from r3d_ros.model.modeling_r3d import slot_pointer_loss
 
                 aux, counts = slot_pointer_loss(scores, inputs['labels'], base.config.object_ref_token_ids)
-                mode = 'train' if model.training else 'eval'
                 if counts['positions']:
                     self._metrics[mode]['object_pointer_loss'].append(float(aux.detach()))
                     self._metrics[mode]['object_pointer_acc'].append(counts['right'] / counts['positions'])
-                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
                 loss = loss + aux / steps
             return (loss, *result[1:]) if return_outputs else loss
 

@@ -95,19 +95,25 @@ class SlotPointer(nn.Module):
         return states + nn.functional.softplus(self.gate(states)) * (attn @ directions), scores
 
 
+def referring_positions(labels: torch.Tensor, ref_token_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the next label is an identifier ``<obj_k>``: (N, 2) (row, position) pairs of ``labels`` (B, T) whose
+    position predicts it, and (N,) the slot k of each."""
+    ids = torch.as_tensor(ref_token_ids, device=labels.device)
+    nxt = labels[:, 1:]
+    where = torch.isin(nxt, ids).nonzero()
+    return where, (nxt[where[:, 0], where[:, 1], None] == ids).float().argmax(-1)
+
+
 def slot_pointer_loss(scores: torch.Tensor, labels: torch.Tensor, ref_token_ids) -> tuple[torch.Tensor, dict]:
     """Cross-entropy of the pointer's slot scores against the labelled slot at every position whose next label is
     an identifier ``<obj_k>``: the slot-text matching loss SFT adds for models with a :class:`SlotPointer`.
 
     ``scores`` (B, T, K) from the forward (``object_pointer_scores``); ``labels`` (B, T) the LM labels (-100 where
     not scored). Returns the mean loss (0 without referring positions) and {positions, right} counts."""
-    ids = torch.as_tensor(list(ref_token_ids), device=labels.device)
-    nxt = labels[:, 1:]
-    where = torch.isin(nxt, ids).nonzero()
+    where, target = referring_positions(labels, ref_token_ids)
     if not len(where):
         return scores.sum() * 0.0, {'positions': 0, 'right': 0}
-    target = (nxt[where[:, 0], where[:, 1], None] == ids).float().argmax(-1)
-    picked = scores[:, :-1][where[:, 0], where[:, 1]].float()
+    picked = scores[where[:, 0], where[:, 1]].float()
     loss = nn.functional.cross_entropy(picked, target)
     return loss, {'positions': len(target), 'right': int((picked.argmax(-1) == target).sum())}
 
@@ -159,7 +165,7 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
             self.object_pointer = SlotPointer(hidden, config.object_pointer_size, len(config.object_class_token_ids))
             # every path to the logits (this forward, generate's decode steps, trl's fused head through
             # ``model.base_model``) runs the decoder, so the pointer hooks the decoder's output
-            self._decoder().register_forward_hook(self._point_at_slots)
+            self.get_decoder().register_forward_hook(self._point_at_slots)
         self.post_init()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -172,9 +178,9 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.language_model.get_output_embeddings()
 
-    def _decoder(self):
-        lm = self.language_model
-        return lm.get_decoder() if hasattr(lm, 'get_decoder') else lm.model
+    def get_decoder(self):
+        """The language model's decoder (the module whose output the LM head projects), as HF's VLMs define it."""
+        return self.language_model.get_decoder()
 
     def _point_at_slots(self, _module, _args, output):
         if self._pointer_slots is None:  # text without a scene
