@@ -156,3 +156,14 @@ def test_training_forward_keeps_the_scores_for_the_matching_loss(pointer_model, 
     finally:
         model.eval()
         model.object_pointer_scores = None
+
+
+def test_slots_of_another_batch_are_refused(pointer_model, scene_batch):
+    model, _ = pointer_model
+    with torch.no_grad():
+        model.embed(scene_batch['input_ids'], scene_batch['point_clouds'])
+        slots, valid, classes = model._pointer_slots
+        model._pointer_slots = (slots.repeat(2, 1, 1), valid.repeat(2, 1), classes.repeat(2, 1, 1))
+        with pytest.raises(RuntimeError, match='2 scenes for 1 sequences'):
+            model.get_decoder()(inputs_embeds=torch.zeros(1, 3, model.config.text_config.hidden_size))
+    model._pointer_slots = None
