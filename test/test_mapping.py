@@ -108,7 +108,7 @@ def _reference_reduce(local_voxels, rgb, voxel):
 
 
 def test_memory_is_bounded_and_the_stalest_voxels_go_first():
-    vmap = VoxelMap(voxel_size=0.1, max_voxels=1000)
+    vmap = VoxelMap(voxel_size=0.1, max_voxels=1000, max_range=400.0)  # a sensor at the origin sees 200 m
     rng = np.random.default_rng(0)
     for k in range(20):
         pts = rng.uniform(0, 5, (2000, 3)).astype(np.float32) + np.float32(k * 10)  # a new region every frame
@@ -167,3 +167,116 @@ def test_pose_interpolation_linear_and_slerp():
     for k in range(20):
         buf.add(3.0 + k, T0)
     assert len(buf) == 10
+
+
+# -- hostile input (issue 24) -------------------------------------------------------------------
+ABSURD = [[1e20, 0, 0], [3e38, 3e38, -3e38], [-1e7, 2, 0], [np.nan, 0, 0], [0, np.inf, 0], [0, 0, -np.inf],
+          [5e4, 5e4, 5e4]]
+
+
+@pytest.mark.parametrize('with_pose', [False, True])
+def test_absurd_points_are_refused_and_never_touch_the_rest_of_the_frame(scene, with_pose):
+    """The issue's frame: valid points plus finite-but-absurd and non-finite ones. The map must equal the
+    map of the valid points alone, to the bit, and count every refused point."""
+    sensor = SimulatedSensor(scene, 'depth_camera', seed=5, noise=False)
+    pose = trajectory(scene, n_frames=4)[1]
+    xyz, rgb = sensor.capture(pose)
+    if not with_pose:  # pose_source none: the points in the map frame, the sensor at its origin
+        xyz = (xyz @ pose[:3, :3].T + pose[:3, 3]).astype(np.float32)
+        pose = None
+    xyz = np.vstack([xyz, [[1, 1, 1]]]).astype(np.float32)
+    rgb = np.vstack([rgb, [[10, 20, 30]]]).astype(np.uint8)
+    bad = np.array(ABSURD, np.float32)
+    where = np.linspace(0, len(xyz), len(bad)).astype(int)  # interleaved, not appended
+    hostile_xyz, hostile_rgb = np.insert(xyz, where, bad, axis=0), np.insert(rgb, where, 255, axis=0)
+    clean, hostile = VoxelMap(voxel_size=0.05, min_range=0.0), VoxelMap(voxel_size=0.05, min_range=0.0)
+    assert clean.integrate(xyz, rgb, pose=pose) == len(xyz)
+    assert hostile.integrate(hostile_xyz, hostile_rgb, pose=pose) == len(xyz)
+    np.testing.assert_array_equal(hostile.keys, clean.keys)
+    np.testing.assert_array_equal(hostile.acc, clean.acc)
+    stats = hostile.stats
+    assert (stats.rejected_nonfinite, stats.rejected_range) == (3, len(bad) - 3)
+    assert stats.points_in == stats.points_fused + len(bad)
+    snap = hostile.snapshot()[0]
+    assert np.isfinite(snap).all() and np.abs(snap).max() < 10.0
+    if not with_pose:  # the issue's point at (1, 1, 1) comes back where it was
+        assert np.abs(snap - 1.0).max(axis=1).min() < 0.05 / 256 * 2
+
+
+def test_range_filter_applies_without_a_pose_around_the_map_origin():
+    vmap = VoxelMap(voxel_size=0.1, min_range=0.5, max_range=5.0)
+    pts = np.array([[1, 0, 0], [0.2, 0, 0], [9, 0, 0], [0, 4.9, 0], [0, 0, -5.1]], np.float32)
+    assert vmap.integrate(pts) == 2
+    assert vmap.stats.rejected_range == 3
+
+
+def test_a_pose_that_is_not_finite_or_beyond_the_keys_range_refuses_the_frame():
+    vmap = VoxelMap(voxel_size=0.05, min_range=0.0, max_range=10.0)
+    pts = np.array([[1.0, 2.0, 3.0]], np.float32)
+    far, nan, edge = np.eye(4), np.eye(4), np.eye(4)
+    far[0, 3] = 53_000.0                          # beyond +-52.4 km, the keys' range at 5 cm
+    nan[1, 1] = np.nan
+    assert vmap.integrate(pts, pose=far) == 0 and vmap.integrate(pts, pose=nan) == 0
+    assert vmap.integrate(pts, stamp=float('nan')) == 0
+    assert len(vmap) == 0 and vmap.stats.rejected_frames == 3
+    edge[:3, 3] = [-52_000.0, 52_000.0, 1e-3]     # inside the keys' range: fused, at full precision
+    assert vmap.integrate(pts, pose=edge) == 1
+    np.testing.assert_allclose(vmap.snapshot()[0], [[-51_999.0, 52_002.0, 3.001]], atol=0.05)
+    assert vmap.integrate(pts, pose=edge) == 1 and len(vmap) == 1  # the same key again: found, not a new voxel
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_saved_and_loaded_maps_refuse_non_finite_and_inconsistent_voxels(tmp_path):
+    vmap = VoxelMap(voxel_size=0.1)
+    vmap.integrate(np.array([[1, 1, 1], [2, 2, 2], [3, 1, 0]], np.float32))
+    assert vmap.valid_voxels().all()
+    vmap._data[1, 0] = np.nan                     # as if a bug had let one through
+    saved = VoxelMap.load(vmap.save(tmp_path / 'map.npz'))
+    assert len(saved) == 2 and vmap.stats.rejected_voxels == 1 and np.isfinite(saved.acc).all()
+    # a file corrupted on disk: NaN, zero count, a mean outside its voxel, a non-canonical and a repeated key
+    good = VoxelMap(voxel_size=0.1)
+    good.integrate(np.array([[1, 1, 1], [2, 2, 2], [3, 1, 0], [0, 3, 1], [1, 2, 3], [2, 1, 3]], np.float32))
+    keys, acc = good.keys.copy(), good.acc.copy()
+    acc[0, 2] = np.inf
+    acc[1, 6] = 0
+    acc[2, 0] += 5.0 * acc[2, 6]
+    keys[3] = -1
+    keys[5] = keys[4]
+    loaded = VoxelMap.load(_npz(tmp_path / 'bad.npz', voxel_size=0.1, keys=keys, acc=acc,
+                                last_seen=np.zeros(len(keys))))
+    assert len(loaded) == 1 and loaded.stats.rejected_voxels == 5
+    for broken in ({'voxel_size': np.nan, 'keys': keys, 'acc': acc, 'last_seen': np.zeros(6)},
+                   {'voxel_size': 0.1, 'keys': keys, 'acc': acc[:3], 'last_seen': np.zeros(6)},
+                   {'voxel_size': 0.1, 'keys': keys}):
+        with pytest.raises(ValueError):
+            VoxelMap.load(_npz(tmp_path / 'broken.npz', **broken))
+    # a .ply with a NaN and an absurd point: both left out
+    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array([[1, 1, 1], [np.nan, 0, 0], [1e9, 0, 0]])))
+    o3d.io.write_point_cloud(str(tmp_path / 'bad.ply'), pc)
+    ply = VoxelMap.load(tmp_path / 'bad.ply', voxel_size=0.1)
+    assert len(ply) == 1 and ply.stats.rejected_voxels == 2
+
+
+def test_stale_save_temporaries_are_found_and_removed(tmp_path):
+    path = tmp_path / 'map.npz'
+    VoxelMap().save(path)
+    (tmp_path / '.map.npz.abc123.npz').write_bytes(b'half a map')
+    (tmp_path / 'other.npz').write_bytes(b'not ours')
+    assert VoxelMap.remove_stale_temporaries(path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['map.npz', 'other.npz']
+    assert VoxelMap.remove_stale_temporaries(tmp_path / 'missing' / 'map.npz') == 0
+
+
+def test_pose_buffer_refuses_poses_that_are_not_finite_rigid_transforms():
+    buf = PoseBuffer()
+    scaled, nan, sheared = np.eye(4) * 2.0, np.eye(4), np.eye(4)
+    scaled[3, 3] = 1.0
+    nan[0, 3] = np.nan
+    sheared[0, 1] = 0.5
+    assert not any(buf.add(1.0, p) for p in (scaled, nan, sheared, np.zeros((4, 4)), np.eye(3)))
+    assert not buf.add(float('inf'), np.eye(4))
+    assert len(buf) == 0 and buf.add(1.0, np.eye(4)) and len(buf) == 1

@@ -20,6 +20,15 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 
+def is_rigid(pose: np.ndarray, tol: float = 1e-3) -> bool:
+    """A finite 4x4 homogeneous transform whose rotation block is a rotation (orthonormal, det +1)."""
+    if pose.shape != (4, 4) or not np.isfinite(pose).all():
+        return False
+    rot = pose[:3, :3]
+    return bool(np.abs(rot.T @ rot - np.eye(3)).max() <= tol and np.linalg.det(rot) > 0
+                and np.abs(pose[3] - [0, 0, 0, 1]).max() <= tol)
+
+
 class PoseBuffer:
     """Bounded, time-ordered 4x4 poses; thread-safe (an executor thread adds, the fusion thread looks up)."""
 
@@ -42,11 +51,17 @@ class PoseBuffer:
             self._stamps.clear()
             self._poses.clear()
 
-    def add(self, stamp: float, pose: np.ndarray) -> None:
-        """Add a 4x4 pose; out-of-order stamps are inserted in order (bounded buffers drop the oldest)."""
+    def add(self, stamp: float, pose: np.ndarray) -> bool:
+        """Add a 4x4 pose; out-of-order stamps are inserted in order (bounded buffers drop the oldest).
+
+        Returns False, keeping nothing, for a pose that is not a finite rigid transform or a stamp that is not
+        finite: one garbled odometry message would otherwise be interpolated into every nearby cloud."""
         pose = np.asarray(pose, np.float64)
+        if not is_rigid(pose) or not np.isfinite(stamp):
+            return False
         with self._lock:
             self._add(float(stamp), pose)
+        return True
 
     def _add(self, stamp: float, pose: np.ndarray) -> None:
         if self._stamps and stamp < self._stamps[-1]:

@@ -49,6 +49,9 @@ _FIELD_MASK = (1 << _FIELD) - 1
 _MAX_GROUP = _FIELD_MASK // 255   # points of one voxel per frame that a packed field can sum exactly
 _PACK3_F64 = np.array([1 << (2 * _FIELD), 1 << _FIELD, 1], np.float64)
 _SUM, _COUNT = slice(0, 6), 6     # rows of the store: sum x, y, z, sum r, g, b, point count
+_KEY_LIMIT = _OFFSET - 2          # |voxel index| the map accepts: the keys' range less a voxel for rounding
+_COUNTERS = ('frames', 'points_in', 'points_fused', 'evicted', 'rejected_nonfinite', 'rejected_range',
+             'rejected_frames', 'rejected_voxels')
 
 
 def pack_keys(ijk: np.ndarray) -> np.ndarray:
@@ -59,6 +62,16 @@ def pack_keys(ijk: np.ndarray) -> np.ndarray:
 
 def unpack_keys(keys: np.ndarray) -> np.ndarray:
     return np.stack([(keys >> (2 * _BITS)) & _MASK, (keys >> _BITS) & _MASK, keys & _MASK], axis=1) - _OFFSET
+
+
+def _frame_arrays(xyz, rgb) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, 3) float32 points and (N, 3) uint8 colours (or None); ValueError when their lengths differ."""
+    xyz = np.asarray(xyz, np.float32).reshape(-1, 3)
+    if rgb is not None:
+        rgb = np.asarray(rgb, np.uint8).reshape(-1, 3)
+        if len(rgb) != len(xyz):
+            raise ValueError(f'{len(rgb)} colours for {len(xyz)} points')
+    return xyz, rgb
 
 
 def _unpack3(packed: np.ndarray) -> np.ndarray:
@@ -81,6 +94,10 @@ class MapStats:
     points_in: int
     points_fused: int
     evicted: int
+    rejected_nonfinite: int = 0   # points with a NaN or infinite coordinate
+    rejected_range: int = 0       # points outside [min_range, max_range] of the sensor (or the keys' range)
+    rejected_frames: int = 0      # frames refused whole: non-finite pose or stamp, sensor reach beyond the keys
+    rejected_voxels: int = 0      # voxels of a map file that were not finite or not consistent (not loaded)
 
 
 class VoxelMap:
@@ -104,7 +121,8 @@ class VoxelMap:
         self._main_rows = np.empty(0, np.int64)
         self._delta_keys = np.empty(0, np.int64)        # small sorted index of recently added voxels
         self._delta_rows = np.empty(0, np.int64)
-        self.frames = self.points_in = self.points_fused = self.evicted = 0
+        for name in _COUNTERS:
+            setattr(self, name, 0)
 
     @property
     def keys(self) -> np.ndarray:
@@ -131,73 +149,104 @@ class VoxelMap:
 
     @property
     def stats(self) -> MapStats:
-        return MapStats(self._n, self.frames, self.points_in, self.points_fused, self.evicted)
+        return MapStats(self._n, *(getattr(self, name) for name in _COUNTERS))
 
     def copy(self) -> VoxelMap:
         """An independent copy (to save or publish from while fusion goes on)."""
         other = VoxelMap(self.voxel_size, self.max_voxels, self.min_range, self.max_range)
         other._append(self.keys.copy(), self._data[:self._n], sorted_keys=False)
-        other.frames, other.points_in, other.points_fused = self.frames, self.points_in, self.points_fused
-        other.evicted = self.evicted
+        for name in _COUNTERS:
+            setattr(other, name, getattr(self, name))
         return other
 
     # -----------------------------------------------------------------------------------------
     def integrate(self, xyz: np.ndarray, rgb: np.ndarray | None = None, pose: np.ndarray | None = None,
                   stamp: float = 0.0) -> int:
-        """Fuse one frame; returns the number of points fused.
+        """Fuse one sensor frame; returns the number of points fused.
 
-        With ``pose`` (4x4 sensor-to-map) ``xyz`` is in the sensor frame and points that are not finite or
-        outside [min_range, max_range] from the sensor are dropped. Without it ``xyz`` is already in the map
-        frame; the sensor position is unknown there, so only non-finite points are dropped."""
-        xyz = np.asarray(xyz, np.float32).reshape(-1, 3)
+        ``xyz`` is in the sensor frame and ``pose`` (4x4 sensor-to-map) places it; without a pose the sensor
+        frame is the map frame (a sensor at the map origin, as with ``pose_source none``). Points that are
+        not finite or lie outside [min_range, max_range] of the sensor are dropped and counted (``stats``);
+        a frame whose pose or stamp is not finite, or whose sensor reach leaves the keys' range, is refused
+        whole. Everything is rejected before the frame is reduced, so a bad point never moves a good one."""
+        xyz, rgb = _frame_arrays(xyz, rgb)
         self.frames += 1
         self.points_in += len(xyz)
-        if rgb is not None:
-            rgb = np.asarray(rgb, np.uint8).reshape(-1, 3)
+        pose = np.eye(4) if pose is None else np.asarray(pose, np.float64)
+        if not self._pose_ok(pose, stamp):
+            self.rejected_frames += 1
+            return 0
+        local, rgb = self._in_range(pose, xyz, rgb)
+        if not local.shape[1]:
+            return 0
         inv = 1.0 / self.voxel_size
-        if pose is not None:
-            pose = np.asarray(pose, np.float64)
-            origin = pose[:3, 3]
-            local = (pose[:3, :3] * (inv * _SUB)).astype(np.float32) @ xyz.T   # (3, N), sensor at 0
+        origin = pose[:3, 3]
+        # a voxel corner below every point the range filter lets through, so local >= 0
+        base = np.floor(origin * inv) - math.ceil(self.max_range * inv) - 1
+        local += ((origin * inv - base) * _SUB).astype(np.float32)[:, None]
+        return self._fuse_local(local, rgb, base, stamp, origin)
+
+    def _pose_ok(self, pose: np.ndarray, stamp: float) -> bool:
+        """A finite 4x4 pose and stamp, with the sensor's whole reach (max_range) inside the keys' range."""
+        if pose.shape != (4, 4) or not np.isfinite(pose).all() or not math.isfinite(stamp):
+            return False
+        reach = np.abs(pose[:3, 3]) / self.voxel_size + math.ceil(self.max_range / self.voxel_size) + 2
+        return bool((reach < _KEY_LIMIT).all())
+
+    def _in_range(self, pose: np.ndarray, xyz: np.ndarray, rgb: np.ndarray | None):
+        """Sensor-centred sub-voxel coordinates (3, N) of the points within [min_range, max_range] in the map
+        frame, with their colours; the others are counted as non-finite or out of range and left out."""
+        scale = _SUB / self.voxel_size
+        with np.errstate(over='ignore', invalid='ignore'):   # absurd points overflow to inf: dropped below
+            local = (pose[:3, :3] * scale).astype(np.float32) @ xyz.T   # (3, N), sensor at 0
             # squared range in sub-voxel units on contiguous rows (einsum on (N, 3) is 4x slower)
             rng2 = local[0] * local[0]
             tmp = local[1] * local[1]
             rng2 += tmp
             np.multiply(local[2], local[2], out=tmp)
             rng2 += tmp
-            scale2 = (inv * _SUB) ** 2
-            keep = rng2 >= np.float32(self.min_range ** 2 * scale2)
-            keep &= rng2 <= np.float32(self.max_range ** 2 * scale2)
-            if not keep.all():  # NaN compares False: dropped here too
-                local, xyz = local[:, keep], xyz[keep]
-                rgb = rgb[keep] if rgb is not None else None
-            # a voxel corner below every point the range filter lets through, so local >= 0
-            base = np.floor(origin * inv) - math.ceil(self.max_range * inv) - 1
-            local += ((origin * inv - base) * _SUB).astype(np.float32)[:, None]
-        else:
-            origin = None
-            if not np.isfinite(xyz).all():  # whole-array check first: the per-row mask costs 10x more
-                keep = np.isfinite(xyz).all(axis=1)
-                xyz = xyz[keep]
-                rgb = rgb[keep] if rgb is not None else None
-            if not len(xyz):
-                return 0
-            base = np.floor(xyz.min(axis=0).astype(np.float64) * inv) - 1
-            local = (xyz.T * np.float32(inv * _SUB)) - (base * _SUB).astype(np.float32)[:, None]
-        if not len(xyz):
+            keep = rng2 >= np.float32(self.min_range ** 2 * scale ** 2)
+            keep &= rng2 <= np.float32(self.max_range ** 2 * scale ** 2)
+        if keep.all():
+            return local, rgb
+        dropped = xyz[~keep]  # NaN compares False: non-finite points are among these
+        nonfinite = len(dropped) - int(np.isfinite(dropped).all(axis=1).sum())
+        self.rejected_nonfinite += nonfinite
+        self.rejected_range += len(dropped) - nonfinite
+        return local[:, keep], (rgb[keep] if rgb is not None else None)
+
+    def _fuse_map_points(self, xyz: np.ndarray, rgb: np.ndarray | None, stamp: float = 0.0) -> int:
+        """Fuse points already in map coordinates that no sensor saw (a loaded ``.ply``): no range filter,
+        but points that are not finite or that the keys cannot hold are dropped (and counted) first."""
+        xyz, rgb = _frame_arrays(xyz, rgb)
+        inv = 1.0 / self.voxel_size
+        with np.errstate(over='ignore', invalid='ignore'):
+            scaled = xyz.astype(np.float64) * inv
+            keep = (np.abs(scaled) < _KEY_LIMIT).all(axis=1)  # NaN compares False
+        if not keep.all():
+            finite = np.isfinite(xyz).all(axis=1)
+            self.rejected_nonfinite += int((~finite).sum())
+            self.rejected_range += int((finite & ~keep).sum())
+            scaled, rgb = scaled[keep], (rgb[keep] if rgb is not None else None)
+        if not len(scaled):
             return 0
-        reduced = self._reduce_sorted(local, rgb)
-        if reduced is None:
-            reduced = self._reduce_unique(local, rgb)
-        local_ijk, sums = reduced
+        base = np.floor(scaled.min(axis=0)) - 1
+        local = ((scaled - base) * _SUB).T.astype(np.float32)
+        return self._fuse_local(local, rgb, base, stamp, None)
+
+    def _fuse_local(self, local: np.ndarray, rgb: np.ndarray | None, base: np.ndarray, stamp: float,
+                    origin: np.ndarray | None) -> int:
+        """Reduce a frame given as sub-voxel coordinates above the voxel corner ``base`` and merge it."""
+        local_ijk, sums = self._reduce_sorted(local, rgb) or self._reduce_unique(local, rgb)
         counts = sums[6]
         # back to map coordinates: world sum = (sub-voxel sum / SUB + base * count) * voxel
         sums[:3] = (sums[:3] * (1.0 / _SUB) + base[:, None] * counts) * self.voxel_size
         self._merge(pack_keys(local_ijk.T + base.astype(np.int64)), sums, stamp)
         if self._n > self.max_voxels:
             self._evict(self._n - self.max_voxels, origin)
-        self.points_fused += len(xyz)
-        return len(xyz)
+        n = local.shape[1]
+        self.points_fused += n
+        return n
 
     @staticmethod
     def _reduce_sorted(local: np.ndarray, rgb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -365,25 +414,33 @@ class VoxelMap:
         xyz = self.snapshot()[0]
         return xyz.min(axis=0), xyz.max(axis=0)
 
+    def valid_voxels(self) -> np.ndarray:
+        """Mask of the voxels that can be trusted (see :func:`valid_voxel_rows`); all True for a fused map."""
+        return valid_voxel_rows(self.keys, self._data[:self._n], self.voxel_size)
+
     def save(self, path: str | Path) -> Path:
         """Atomically write the map: ``.npz`` keeps everything; ``.ply`` (open3d-readable) keeps points+colours.
 
-        Written to a temporary file in the same folder, then renamed, so a crash never leaves half a map."""
+        Written to a temporary file in the same folder, then renamed, so a crash never leaves half a map.
+        Voxels that fail :meth:`valid_voxels` are not written (counted in ``stats.rejected_voxels``): a file
+        on disk outlives the process, and a NaN in it would come back at every start."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        good = self.valid_voxels()
+        self.rejected_voxels += int((~good).sum())
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
         os.close(fd)
         try:
             if path.suffix == '.npz':
                 with open(tmp, 'wb') as f:
-                    np.savez(f, voxel_size=self.voxel_size, keys=self.keys, acc=self.acc,
-                             last_seen=self.last_seen)
+                    np.savez(f, voxel_size=self.voxel_size, keys=self.keys[good], acc=self.acc[good],
+                             last_seen=self.last_seen[good])
             elif path.suffix == '.ply':
                 import open3d as o3d
 
                 xyz, rgb, _ = self.snapshot()
-                pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
-                pc.colors = o3d.utility.Vector3dVector(rgb.astype(np.float64) / 255.0)
+                pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[good].astype(np.float64)))
+                pc.colors = o3d.utility.Vector3dVector(rgb[good].astype(np.float64) / 255.0)
                 if not o3d.io.write_point_cloud(tmp, pc, write_ascii=False):
                     raise OSError(f'open3d could not write {tmp}')
             else:
@@ -394,15 +451,29 @@ class VoxelMap:
                 os.unlink(tmp)
         return path
 
+    @staticmethod
+    def remove_stale_temporaries(path: str | Path) -> int:
+        """Delete the temporary files a save killed mid-write leaves next to ``path``; returns how many."""
+        path = Path(path)
+        stale = list(path.parent.glob(f'.{path.name}.*{path.suffix}')) if path.parent.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
     @classmethod
     def load(cls, path: str | Path, **kw) -> VoxelMap:
         """Read a map written by :meth:`save`. An ``.npz`` keeps its own voxel size (its keys are in those
-        units); a ``.ply`` is re-fused at ``voxel_size`` from ``kw``, one point per voxel."""
+        units); a ``.ply`` is re-fused at ``voxel_size`` from ``kw``, one point per voxel. A file that is
+        not a map raises ValueError; voxels that are not finite or not consistent are left out and counted
+        in ``stats.rejected_voxels`` (a snapshot cut short or corrupted must not poison the live map)."""
         path = Path(path)
         if path.suffix == '.npz':
-            with np.load(path) as z:
-                m = cls(**{**kw, 'voxel_size': float(z['voxel_size'])})
-                m._append(z['keys'], np.column_stack([z['acc'], z['last_seen']]), sorted_keys=False)
+            with np.load(path, allow_pickle=False) as z:
+                voxel_size, keys, data = _npz_arrays(z)
+            m = cls(**{**kw, 'voxel_size': voxel_size})
+            good = valid_voxel_rows(keys, data, voxel_size)
+            m._append(keys[good], data[good], sorted_keys=False)
+            m.rejected_voxels = int((~good).sum())
             return m
         if path.suffix == '.ply':
             import open3d as o3d
@@ -410,7 +481,43 @@ class VoxelMap:
             pc = o3d.io.read_point_cloud(str(path))
             m = cls(**kw)
             xyz = np.asarray(pc.points, np.float32)
-            rgb = (np.asarray(pc.colors) * 255.0 + 0.5).astype(np.uint8) if pc.has_colors() else None
-            m.integrate(xyz, rgb)
+            rgb = (np.clip(np.nan_to_num(np.asarray(pc.colors)), 0, 1) * 255.0 + 0.5).astype(np.uint8) \
+                if pc.has_colors() else None
+            m._fuse_map_points(xyz, rgb)  # one point per voxel: a rejected point is a rejected voxel
+            m.rejected_voxels = m.rejected_nonfinite + m.rejected_range
+            m.rejected_nonfinite = m.rejected_range = 0
             return m
         raise ValueError(f'unsupported map format {path.suffix!r}')
+
+
+def _npz_arrays(z) -> tuple[float, np.ndarray, np.ndarray]:
+    """(voxel size, keys (V,), store rows (V, 8)) of a saved map; ValueError when the file is not one."""
+    try:
+        voxel_size = float(z['voxel_size'])
+        keys, acc, seen = z['keys'], z['acc'], z['last_seen']
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f'not a saved VoxelMap: {exc}') from exc
+    if not (math.isfinite(voxel_size) and voxel_size > 0):
+        raise ValueError(f'voxel_size {voxel_size} is not a positive number')
+    v = len(keys) if keys.ndim == 1 else -1
+    numeric = acc.dtype.kind in 'fiu' and seen.dtype.kind in 'fiu'
+    if keys.dtype.kind not in 'iu' or acc.shape != (v, 7) or seen.shape != (v,) or not numeric:
+        raise ValueError(f'inconsistent map arrays: keys {keys.shape} {keys.dtype}, acc {acc.shape}, '
+                         f'last_seen {seen.shape}')
+    return voxel_size, keys.astype(np.int64), np.column_stack([acc, seen]).astype(np.float64)
+
+
+def valid_voxel_rows(keys: np.ndarray, data: np.ndarray, voxel_size: float) -> np.ndarray:
+    """Mask of store rows (sums, count, last seen) that can be trusted: finite, a count of at least one, a
+    key that is its own packing and not repeated, and a mean point inside the key's voxel. Fusion only
+    makes such voxels; anything else came from a corrupted file (or a bug) and is refused."""
+    with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
+        ok = np.isfinite(data).all(axis=1) & (data[:, 6] >= 1)
+        ok &= pack_keys(unpack_keys(keys)) == keys
+        corner = unpack_keys(keys) * voxel_size
+        mean = data[:, :3] / data[:, 6:7]
+        tol = 1e-3 * voxel_size
+        ok &= ((mean >= corner - tol) & (mean <= corner + voxel_size + tol)).all(axis=1)
+    first = np.zeros(len(keys), bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    return ok & first

@@ -50,6 +50,8 @@ class Bringup:
         self.overrides = overrides or {}
         self.remaps = remaps or {}
         self.log_dir = log_dir
+        if log_dir:  # a folder the user names need not exist yet
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, ManagedProcess] = {}
 
     def start(self) -> Bringup:
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument('-p', '--param', action='append', default=[], metavar='NODE.PARAM=VALUE')
     ap.add_argument('-r', '--remap', action='append', default=[], metavar='NODE.FROM:=TO',
                     help="topic remapping for one node, e.g. scene_map.points:=/camera/depth/points")
-    ap.add_argument('--log-dir', help='where node logs go (default: a temporary folder)')
+    ap.add_argument('--log-dir', help='where node logs go, created when missing (default: a temporary folder)')
     ap.add_argument('--keep-going', action='store_true', help='keep the graph up when a node dies')
     args = ap.parse_args(argv)
     stop = False

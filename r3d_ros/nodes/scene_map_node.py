@@ -11,11 +11,18 @@ taking frames off the wire. Fusion takes the map lock for one ``integrate``; pub
 it only to copy the map, then encode/write outside it.
 
 Pose source (``pose_source``): ``odom`` (nav_msgs/Odometry on ``pose_topic``), ``pose``
-(geometry_msgs/PoseStamped), or ``none`` (clouds already in ``fixed_frame``). Poses are matched to each
-cloud's stamp by interpolation (:class:`r3d_ros.mapping.PoseBuffer`); a cloud newer than the newest pose
-waits up to ``pose_wait`` seconds for it. tf2 is not importable here (no ROS install, only message
+(geometry_msgs/PoseStamped), or ``none`` (clouds already in ``fixed_frame`` with the sensor at its origin,
+so ``min_range``/``max_range`` apply around that origin; raise ``max_range`` for registered clouds). Poses
+are matched to each cloud's stamp by interpolation (:class:`r3d_ros.mapping.PoseBuffer`); a cloud newer
+than the newest pose waits up to ``pose_wait`` seconds for it. tf2 is not importable here (no ROS install, only message
 wheels); where it is, a ``tf2_ros.Buffer.lookup_transform(fixed_frame, cloud.header.frame_id, stamp)``
 would replace the PoseBuffer lookup in :meth:`SceneMapNode._pose_for` and nothing else changes.
+
+Hostile input: every callback is total (a malformed cloud, pose or file is counted, never raised), and the
+map refuses non-finite points, points out of range of the sensor and poses beyond its keys' range before a
+frame is reduced (:meth:`VoxelMap.integrate`); diagnostics count each kind. A snapshot cut short by a crash
+is never read (saves are atomic), its temporary file is removed at configure, and a loaded file's
+non-finite or inconsistent voxels are left out.
 
 Lifecycle: configure builds the map (loading ``map_path`` when it exists) and the ROS entities, activate
 starts fusing and publishing, deactivate stops taking frames, cleanup tears the entities down.
@@ -31,6 +38,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
+import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
@@ -55,7 +63,7 @@ class SceneMapNode(LifecycleNode):
         self.declare_parameter('min_range', 0.1, describe('Points nearer the sensor are dropped (m)',
                                                           floats=(0.0, 10.0)))
         self.declare_parameter('max_range', 10.0, describe('Points farther from the sensor are dropped (m)',
-                                                        floats=(0.1, 200.0)))
+                                                        floats=(0.1, 1000.0)))
         self.declare_parameter('pose_source', 'odom', describe('Where sensor poses come from', read_only=True,
                                                             choices=['odom', 'pose', 'none']))
         self.declare_parameter('pose_topic', 'odom', describe('Odometry or PoseStamped topic', read_only=True))
@@ -79,7 +87,7 @@ class SceneMapNode(LifecycleNode):
         self._map_lock = threading.Lock()
         self._stop = threading.Event()
         self._worker = None
-        self.dropped = self.no_pose = self.malformed = 0
+        self.dropped = self.no_pose = self.malformed = self.received = self.fusion_errors = self.bad_poses = 0
         self._fuse_times: deque = deque(maxlen=50)
         self._fused_points: deque = deque(maxlen=50)
         self._dirty = False
@@ -96,15 +104,7 @@ class SceneMapNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         limits = dict(voxel_size=self.p('voxel_size'), max_voxels=self.p('max_voxels'),
                       min_range=self.p('min_range'), max_range=self.p('max_range'))
-        self.voxel_map = VoxelMap(**limits)
-        path = self.p('map_path')
-        if path and Path(path).exists():
-            try:
-                self.voxel_map = VoxelMap.load(path, **limits)
-                self.get_logger().info(f'loaded {len(self.voxel_map)} voxels from {path}')
-                self._dirty = True
-            except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the robot mapping
-                self.get_logger().error(f'could not load {path}: {exc}; starting an empty map')
+        self.voxel_map = self._load_map(self.p('map_path'), limits)
         self._frames = deque()
         self.poses.clear()
         self.map_pub = self.create_lifecycle_publisher(PointCloud2, 'scene_map/cloud', MAP_QOS)
@@ -131,6 +131,23 @@ class SceneMapNode(LifecycleNode):
         self._worker = threading.Thread(target=self._fuse_loop, name='scene-map-fusion', daemon=True)
         self._worker.start()
         return TransitionCallbackReturn.SUCCESS
+
+    def _load_map(self, path: str, limits: dict) -> VoxelMap:
+        """The map in ``path`` when it holds one, else an empty map (a corrupt file must not stop mapping)."""
+        if path and VoxelMap.remove_stale_temporaries(path):
+            self.get_logger().warning(f'removed the temporary file of a save cut short next to {path}')
+        if not path or not Path(path).exists():
+            return VoxelMap(**limits)
+        try:
+            vmap = VoxelMap.load(path, **limits)
+        except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the robot mapping
+            self.get_logger().error(f'could not load {path}: {exc}; starting an empty map')
+            return VoxelMap(**limits)
+        rejected = vmap.stats.rejected_voxels
+        self.get_logger().info(f'loaded {len(vmap)} voxels from {path}'
+                               + (f' ({rejected} non-finite or inconsistent voxels left out)' if rejected else ''))
+        self._dirty = True
+        return vmap
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._active = True
@@ -179,6 +196,7 @@ class SceneMapNode(LifecycleNode):
         if not self._active:
             return
         with self._cv:
+            self.received += 1
             if len(self._frames) >= self.p('queue_size'):
                 self._frames.popleft()
                 self.dropped += 1
@@ -186,10 +204,23 @@ class SceneMapNode(LifecycleNode):
             self._cv.notify()
 
     def _on_odom(self, msg: Odometry) -> None:
-        self.poses.add(stamp_to_sec(msg.header.stamp), pose_to_matrix(msg.pose.pose))
+        self._add_pose(msg.header.stamp, msg.pose.pose)
 
     def _on_pose(self, msg: PoseStamped) -> None:
-        self.poses.add(stamp_to_sec(msg.header.stamp), pose_to_matrix(msg.pose))
+        self._add_pose(msg.header.stamp, msg.pose)
+
+    def _add_pose(self, stamp, pose) -> None:
+        """Buffer a pose; a non-finite or non-rigid one is refused and counted (an exception here would end
+        the executor, and a NaN quaternion would otherwise read as the identity rotation)."""
+        q, t = pose.orientation, pose.position
+        try:
+            ok = (np.isfinite([q.x, q.y, q.z, q.w, t.x, t.y, t.z]).all()
+                  and self.poses.add(stamp_to_sec(stamp), pose_to_matrix(pose)))
+        except Exception:  # noqa: BLE001 - a garbled pose is counted, never raised
+            ok = False
+        if not ok:
+            self.bad_poses += 1
+            self.get_logger().warning('refusing a non-finite or non-rigid pose', throttle_duration_sec=5.0)
 
     # -- fusion (worker thread) --------------------------------------------------------------
     def _fuse_loop(self) -> None:
@@ -203,13 +234,13 @@ class SceneMapNode(LifecycleNode):
             try:
                 self._fuse(msg)
             except Exception as exc:  # noqa: BLE001 - one bad frame must not end fusion for good
-                self.malformed += 1
+                self.fusion_errors += 1  # not an input the decoder refuses: a bug, reported as an error
                 self.get_logger().error(f'fusing a frame failed: {exc!r}', throttle_duration_sec=5.0)
 
     def _fuse(self, msg: PointCloud2) -> None:
         t0 = time.perf_counter()
         try:
-            xyz, rgb = xyz_rgb_from_cloud(msg)
+            xyz, rgb = xyz_rgb_from_cloud(msg, skip_nans=False)  # the map drops non-finite points, and counts them
         except PointCloudError as exc:
             self.malformed += 1
             self.get_logger().warning(f'dropping malformed cloud: {exc}', throttle_duration_sec=5.0)
@@ -261,10 +292,19 @@ class SceneMapNode(LifecycleNode):
         values = {'map_voxels': stats.voxels, 'frames_fused': stats.frames, 'points_fused': stats.points_fused,
                   'evicted_voxels': stats.evicted, 'dropped_frames': self.dropped, 'frames_without_pose': self.no_pose,
                   'malformed_frames': self.malformed, 'queue_depth': len(self._frames),
+                  'frames_received': self.received, 'fusion_errors': self.fusion_errors,
+                  'points_rejected_nonfinite': stats.rejected_nonfinite,
+                  'points_rejected_out_of_range': stats.rejected_range,
+                  'frames_rejected_pose': stats.rejected_frames, 'poses_rejected': self.bad_poses,
+                  'voxels_rejected_from_file': stats.rejected_voxels,
                   'fusion_points_per_s': round(sum(self._fused_points) / busy),
                   'fusion_frames_per_s': round(len(self._fuse_times) / busy, 2)}
-        level = DiagnosticStatus.WARN if self.dropped or self.no_pose else DiagnosticStatus.OK
-        status = DiagnosticStatus(name='scene_map', hardware_id='r3d_ros', level=level, message='fusing')
+        level, message = DiagnosticStatus.OK, 'fusing'
+        if self.dropped or self.no_pose or self.malformed or stats.rejected_frames or self.bad_poses:
+            level, message = DiagnosticStatus.WARN, 'fusing; some input refused (see the counts)'
+        if self.fusion_errors:
+            level, message = DiagnosticStatus.ERROR, f'{self.fusion_errors} frames failed to fuse (see the log)'
+        status = DiagnosticStatus(name='scene_map', hardware_id='r3d_ros', level=level, message=message)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -294,7 +334,10 @@ class SceneMapNode(LifecycleNode):
     def _snapshot(self) -> None:
         with self._map_lock:  # copy under the lock (fast), write outside it (slow): fusion goes on
             frozen = self.voxel_map.copy()
+        before = frozen.stats.rejected_voxels
         frozen.save(self.p('map_path'))
+        if frozen.stats.rejected_voxels > before:
+            self.get_logger().error(f'{frozen.stats.rejected_voxels - before} invalid voxels not saved')
 
 
 def main(args=None) -> None:
