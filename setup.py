@@ -45,6 +45,7 @@ setup(
             # command-line tools
             'r3d-bringup = r3d_ros.nodes.bringup:main',
             'r3d-demo = r3d_ros.nodes.demo:main',
+            'r3d-ask = r3d_ros.nodes.ask_client:main',
             'r3d-make-data = r3d_ros.scenes.cli:main',
             'r3d-train-aligner = r3d_ros.views.train_aligner:main',
             'r3d-record = r3d_ros.nodes.recorder:main',

@@ -61,7 +61,11 @@ ensure_venv() {
   stamp > "$VENV/.r3d_stamp"
 }
 
-interfaces_stamp() { { cat "$VENV/.r3d_stamp"; find r3d_interfaces -type f | LC_ALL=C sort | xargs cat; } | sha256sum | cut -d' ' -f1; }
+# the interface build depends on the ROS wheels (requirements, constraints), this script and r3d_interfaces/
+interfaces_stamp() {
+  { cat requirements.txt constraints.txt scripts/r3d.sh; find r3d_interfaces -type f | LC_ALL=C sort | xargs cat; } \
+    | sha256sum | cut -d' ' -f1
+}
 
 ensure_interfaces() {
   local stamp_file=$VENV/.r3d_interfaces_stamp

@@ -36,6 +36,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
+from r3d_ros.nodes.ask_action import AskActionServer
 from r3d_ros.nodes.common import MAP_QOS, describe, run_lifecycle_node
 from r3d_ros.nodes.conversions import matrix_to_pose
 from r3d_ros.pipeline import (
@@ -99,6 +100,7 @@ class ReasonerNode(LifecycleNode):
         self._pubs: dict = {}
         self._subs: list = []
         self._timer = None
+        self._ask: AskActionServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -137,6 +139,8 @@ class ReasonerNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name='reasoner-inference', daemon=True)
         self._worker.start()
         self._timer = self.create_timer(p('diagnostics_period'), self._publish_diagnostics)
+        # the `ask` action: same queue and worker as `query` (None where r3d_interfaces is not built)
+        self._ask = AskActionServer.attach(self)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -148,6 +152,9 @@ class ReasonerNode(LifecycleNode):
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self.stop_worker()
+        if self._ask is not None:
+            self._ask.destroy()
+            self._ask = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         for pub in self._pubs.values():
@@ -205,7 +212,10 @@ class ReasonerNode(LifecycleNode):
                                                 message=f'{self._queue.maxsize} queries already waiting'))
 
     def _on_cancel(self, msg: String) -> None:
-        qid = msg.data.strip()
+        self.cancel_query(msg.data.strip())
+
+    def cancel_query(self, qid: str) -> None:
+        """Stop query ``qid`` mid-decoding, or have the worker drop it (the `cancel` topic, the `ask` action)."""
         current = self._current
         if current is not None and current[0] == qid:
             current[1].set()
@@ -223,10 +233,16 @@ class ReasonerNode(LifecycleNode):
                 continue
             if q['id'] in self._cancelled:
                 self._cancelled.pop(q['id'], None)
-                self._publish_result(PipelineResult(id=q['id'], question=q['question'], status=STATUS_CANCELLED,
-                                                    message='cancelled before it started'))
+                self._deliver(q, PipelineResult(id=q['id'], question=q['question'], status=STATUS_CANCELLED,
+                                                message='cancelled before it started'))
                 continue
-            self._publish_result(self._answer(q))
+            self._deliver(q, self._answer(q))
+
+    def _deliver(self, q: dict, result: PipelineResult) -> None:
+        """Every result goes out on the JSON topics; an `ask` goal's also to its action hook."""
+        self._publish_result(result)
+        if q.get('on_result') is not None:
+            q['on_result'](result)
 
     def _answer(self, q: dict) -> PipelineResult:
         if self.pipeline is None:
@@ -238,12 +254,16 @@ class ReasonerNode(LifecycleNode):
             topic = self.resolve_topic_name('scene_map/cloud')
             return PipelineResult(id=q['id'], question=q['question'], status=STATUS_ERROR,
                                   message=f'no map yet: nothing received on {topic}')
-        stop = threading.Event()
+        stop = q.get('stop') or threading.Event()  # an `ask` goal brings its own (its cancel sets it)
         self._current = (q['id'], stop)
         stream = self._pubs['answer_stream']
+        if q.get('on_start') is not None:
+            q['on_start'](len(scene[0]))
 
         def on_text(piece: str) -> None:
             stream.publish(String(data=json.dumps({'id': q['id'], 'text': piece})))
+            if q.get('on_text') is not None:
+                q['on_text'](piece)
 
         try:
             result = self.pipeline.answer(scene[0], scene[1], q['question'], query_id=q['id'], stop_event=stop,
@@ -351,7 +371,7 @@ def _box_markers(box, i: int, frame: str, stamp) -> list[Marker]:
 
 
 def main(args=None) -> None:
-    run_lifecycle_node(ReasonerNode, args, threads=3)
+    run_lifecycle_node(ReasonerNode, args, threads=4)  # one more: an `ask` goal being answered holds one
 
 
 if __name__ == '__main__':
