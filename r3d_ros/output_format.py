@@ -67,10 +67,13 @@ class Box:
     ref: str
     center: tuple[float, float, float]
     size: tuple[float, float, float]
+    category: str = ''  # the object's class when known (a map object record's), else taken from ``ref``
 
     @property
     def label(self) -> str:
-        """Category part of ``ref`` (``chair_3`` → ``chair``)."""
+        """The category, or the category part of ``ref`` (``chair_3`` → ``chair``)."""
+        if self.category:
+            return self.category
         head, _, tail = self.ref.rpartition('_')
         return head if head and tail.isdigit() else self.ref
 

@@ -23,6 +23,9 @@ DEFAULT_MODELS = (ASSETS / 'r3d_tiny', ASSETS / 'r3d_tiny_untrained')
 
 STATUS_OK, STATUS_ERROR, STATUS_BUSY, STATUS_CANCELLED = 'ok', 'error', 'busy', 'cancelled'
 STATUS_INVALID_PLAN = 'invalid_plan'
+#: the answer refers to an object the map does not have (or states a fact that cannot be looked up): nothing of
+#: it is published but the reason
+STATUS_UNGROUNDED = 'ungrounded'
 
 
 class PipelineError(RuntimeError):
@@ -45,6 +48,8 @@ class PipelineResult:
     views: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     raw: str = ''
+    objects: list[dict] = field(default_factory=list)   # the map's object records (r3d_ros.scene_objects)
+    facts: list[dict] = field(default_factory=list)     # every fact the answer states: fact, args, value, text
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -167,6 +172,10 @@ class ScenePipeline:
                 self._run(points, colors, question, result, stop_event, on_text)
             if result.status == STATUS_OK and result.plan:
                 self._check_plan(points, result, known_objects)
+            if result.status in (STATUS_UNGROUNDED, STATUS_INVALID_PLAN):  # nothing ungrounded reaches a robot
+                result.boxes, result.plan, result.facts = [], [], []
+                if result.status == STATUS_UNGROUNDED:
+                    result.answer_text = ''  # not true of the map; ``raw`` keeps what the model wrote
         except PipelineError as exc:
             result.status, result.message = STATUS_ERROR, str(exc)
         except Exception as exc:  # noqa: BLE001 - a node must answer every request, whatever broke
@@ -216,22 +225,64 @@ class ScenePipeline:
         result.timings['new_tokens'] = int(new_tokens.numel())
         if stop_event is not None and stop_event.is_set():
             result.status, result.message = STATUS_CANCELLED, 'cancelled while decoding'
-        text = self.processor.batch_decode(new_tokens[None], skip_special_tokens=False,
-                                           point_clouds=batch.get('point_clouds'))[0]
-        text = _strip_special(text, tokenizer)
+        text = _strip_special(self.processor.batch_decode(new_tokens[None])[0], tokenizer)
+        result.raw = text
+        t = time.perf_counter()
+        text = self._ground(text, batch['point_clouds'], points, result)
+        result.timings['grounding_s'] = time.perf_counter() - t
         parsed = parse_completion(text)
-        result.raw, result.think, result.answer = text, parsed.think, parsed.answer
-        result.answer_text, result.boxes, result.plan = parsed.answer_text, parsed.boxes, parsed.plan
+        result.think, result.answer = parsed.think, parsed.answer
+        result.answer_text, result.plan = parsed.answer_text, parsed.plan
+        labels = {o['id']: o['label'] for o in result.objects}
+        result.boxes = [Box(b.ref, b.center, b.size, category=labels.get(b.ref, '')) for b in parsed.boxes]
         result.format_valid = parsed.format_valid
+
+    def _ground(self, text: str, clouds, points: np.ndarray, result: PipelineResult) -> str:
+        """Fill the completion's references and facts in from the map's object records (``r3d_ros.grounding``)
+        and decide its status (:func:`published_status`); a model without object identifiers writes its
+        numbers itself and is passed through."""
+        if not getattr(self.processor, 'object_refs', False):
+            return text
+        probs = self.model.object_class_probs(clouds)
+        cloud, probs = clouds[0], (None if probs is None else probs[0])
+        records = self.processor.object_records(cloud, probs)
+        result.objects = [r.to_dict() for r in records]
+        grounded = self.processor.ground(text, cloud, probs, map_points=points)
+        result.facts = grounded.facts
+        if result.status == STATUS_OK:
+            result.status, result.message = published_status(grounded, records, points)
+        return grounded.text
 
     def _check_plan(self, points: np.ndarray, result: PipelineResult, known: dict[str, Box] | None) -> None:
         objects = dict(known or {})
+        objects.update({o['id']: Box(o['id'], tuple(o['center']), tuple(o['size'])) for o in result.objects})
         objects.update({b.ref: b for b in result.boxes})
-        bounds = (points.min(axis=0), points.max(axis=0))
-        check = validate_plan(result.plan, objects, bounds)
-        if not check.ok:
-            result.status = STATUS_INVALID_PLAN
-            result.message = '; '.join(check.errors)
+        errors = plan_errors(result.plan, objects, points)
+        if errors:
+            result.status, result.message = STATUS_INVALID_PLAN, '; '.join(errors)
+
+
+def plan_errors(plan, objects: dict[str, Box], points: np.ndarray) -> list[str]:
+    """Why ``plan`` cannot be executed on this map (``r3d_ros.plan_validation``); empty when it can."""
+    check = validate_plan(plan, objects, (points.min(axis=0), points.max(axis=0)))
+    return [] if check.ok else list(check.errors)
+
+
+def published_status(grounded, records, points: np.ndarray) -> tuple[str, str]:
+    """(status, message) a grounded completion is published with: ``ungrounded`` when it refers to what the map
+    lacks or leaves markup unresolved (``invalid_plan`` when it is a plan), ``invalid_plan`` when its plan
+    does not validate on the map and its records, else ``ok``. One rule for the reasoner and the evaluation."""
+    has_plan = '<plan>' in grounded.text
+    if not grounded.ok:
+        status = STATUS_INVALID_PLAN if has_plan else STATUS_UNGROUNDED
+        return status, 'answer refers to what the map does not have: ' + '; '.join(grounded.errors)
+    plan = parse_completion(grounded.text).plan
+    if has_plan or plan:
+        objects = {r.id: Box(r.id, tuple(r.center), tuple(r.size)) for r in records}
+        errors = plan_errors(plan, objects, points)
+        if errors:
+            return STATUS_INVALID_PLAN, '; '.join(errors)
+    return STATUS_OK, ''
 
 
 def _strip_special(text: str, tokenizer) -> str:

@@ -1,5 +1,5 @@
-"""Object identifiers: boxes written as ``<box>ref <obj_k></box>`` (a proposal by its slot) in training targets,
-and written back to the proposal's numbers when a completion is decoded."""
+"""Object identifiers: objects written as ``<obj_k>`` (a proposal by its slot) in training targets, and filled
+in from the proposal's object record when a completion is grounded."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 from r3d_ros.evaluation.metrics import box_iou_3d
 from r3d_ros.model.tokenizer import OBJECT_REF, add_object_refs
-from r3d_ros.output_format import Box, format_box, parse_completion
+from r3d_ros.output_format import Box, parse_completion
 from r3d_ros.scenes.synthetic import generate_scene
 
 SLOTS = 16
@@ -53,38 +53,38 @@ def test_identifier_tokens_are_single_special_tokens():
     assert ids[2] in got and tok.decode([ids[2]]) == OBJECT_REF.format(2)
 
 
-def test_a_matched_box_becomes_a_reference_and_decodes_to_the_proposal(refs_model, scene_cloud):
+def test_a_matched_box_becomes_a_reference_and_grounds_to_the_proposal(refs_model, scene_cloud):
     model, proc = refs_model
     scene, _, rows = scene_cloud
     boxes = proc.object_boxes(rows)
     assert 3 <= len(boxes) <= SLOTS
     obj, slot, iou = _best_object(scene, boxes)
     assert iou >= 0.25
-    ref = f'{obj.label}_{obj.id}'
-    target = (f'<think>I find the {obj.label}.</think><answer>Here. '
-              f'{format_box(Box(ref, tuple(obj.center), tuple(obj.size)))} and '
-              f'{format_box(Box("lamp_9", (40.0, 40.0, 1.0), (0.3, 0.3, 0.5)))}</answer>')
-    written = proc.refer_boxes(target, rows)
-    # the matched box names its proposal; the box no proposal overlaps keeps its numbers
-    assert f'<box>{ref} {OBJECT_REF.format(slot)}</box>' in written
-    assert '<box>lamp_9 40.00 40.00 1.00 0.30 0.30 0.50</box>' in written
-    back = parse_completion(proc.resolve_object_refs(written, rows))
-    assert back.format_valid and [b.ref for b in back.boxes] == [ref, 'lamp_9']
-    assert box_iou_3d(back.boxes[0], Box(ref, tuple(obj.center), tuple(obj.size))) == pytest.approx(iou, abs=0.02)
-    # a reference to an empty slot is left as written: no box parses from it
+    truth = {'ref': obj.ref, 'center': list(obj.center), 'size': list(obj.size)}
+    far = {'ref': 'lamp_9', 'center': [40.0, 40.0, 1.0], 'size': [0.3, 0.3, 0.5]}
+    target = (f'<think>I find the {obj.label} <{obj.ref}>.</think><answer>Here. <box>{obj.label} <{obj.ref}></box>'
+              ' and <box>lamp <lamp_9></box></answer>')
+    written = proc.refer_objects(target, rows, [truth, far])
+    # the matched object names its proposal's slot; the one no proposal overlaps keeps its name
+    assert f'<box>{obj.label} {OBJECT_REF.format(slot)}</box>' in written and '<lamp_9>' in written
+    # grounding writes the slot's box in; a reference the map has no record of is refused, never guessed
+    grounded = proc.ground(written, rows)
+    assert not grounded.ok and any('lamp_9' in e for e in grounded.errors)
+    grounded = proc.ground(written.replace(' and <box>lamp <lamp_9></box>', ''), rows)
+    assert grounded.ok, grounded.errors
+    back = parse_completion(grounded.text)
+    assert back.format_valid and [b.ref for b in back.boxes] == [f'obj_{slot}']
+    assert box_iou_3d(back.boxes[0], Box('t', tuple(obj.center), tuple(obj.size))) == pytest.approx(iou, abs=0.02)
     empty = next(k for k in range(SLOTS) if k not in boxes)
-    assert not parse_completion(proc.resolve_object_refs(
-        f'<think>a</think><answer><box>x_1 {OBJECT_REF.format(empty)}</box></answer>', rows)).boxes
+    assert not proc.ground(f'<think>a</think><answer><box>x {OBJECT_REF.format(empty)}</box></answer>', rows).ok
 
-    # the processor writes the reference into the labels, and batch_decode (given the clouds) writes it back
-    batch = proc(questions=[f'Where is the {obj.label}?'], point_clouds=[scene_cloud[1]], targets=[target])
+    # the processor writes the reference into the labels; batch_decode keeps it as written
+    batch = proc(questions=[f'Where is the {obj.label}?'], point_clouds=[scene_cloud[1]], targets=[target],
+                 target_objects=[[truth, far]])
     labels = batch['labels'][0]
-    ref_id = model.config.object_ref_token_ids[slot]
-    assert (labels == ref_id).sum() == 1
+    assert (labels == model.config.object_ref_token_ids[slot]).sum() == 2
     completion = labels[labels != -100]
-    decoded = proc.batch_decode(completion[None], point_clouds=batch['point_clouds'])[0]
-    assert decoded == proc.resolve_object_refs(written, rows)
-    assert OBJECT_REF.format(slot) in proc.batch_decode(completion[None])[0]   # without clouds: as written
+    assert OBJECT_REF.format(slot) in proc.batch_decode(completion[None])[0]
 
 
 def test_identifier_embedding_is_added_to_filled_slots_only(refs_model, scene_cloud):
@@ -121,8 +121,8 @@ def test_references_survive_save_and_load(refs_model, scene_cloud, tmp_path):
     assert again.config.object_ref_token_ids == model.config.object_ref_token_ids and again.config.use_object_refs
     assert proc2.object_refs and len(proc2.tokenizer) == len(proc.tokenizer)
     rows = scene_cloud[2]
-    text = f'<think>a</think><answer><box>chair_1 {OBJECT_REF.format(0)}</box></answer>'
-    assert proc2.resolve_object_refs(text, rows) == proc.resolve_object_refs(text, rows) != text
+    text = f'<think>a</think><answer><box>chair {OBJECT_REF.format(min(proc.object_boxes(rows)))}</box></answer>'
+    assert proc2.ground(text, rows).text == proc.ground(text, rows).text != text
 
 
 def test_binding_stats_by_hand():

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from r3d_ros.grounding import Scene as GroundingScene
+from r3d_ros.grounding import ground
 from r3d_ros.output_format import is_format_valid, parse_completion
 from r3d_ros.plan_validation import validate_plan
+from r3d_ros.scene_objects import records_from_scene
 from r3d_ros.scenes.dataset import load_records, load_scene, make_dataset, quality_filter
 from r3d_ros.scenes.qa import generate_qa
 from r3d_ros.scenes.sensor_sim import SimulatedSensor, look_at
@@ -54,10 +57,18 @@ def test_answers_agree_with_independent_geometry():
     seen_tasks = set()
     for seed in range(30):
         scene = generate_scene(100 + seed)
+        truth = GroundingScene.of(records_from_scene(scene), scene.points)
         for rec in generate_qa(scene, seed):
             assert solve(scene, rec) == rec.short_answer, (rec.question, rec.short_answer)
-            parsed = parse_completion(rec.cot)
-            assert parsed.format_valid
+            # the published form: the completion's references and facts filled in from the true records
+            grounded = ground(rec.cot, truth)
+            assert grounded.ok, (rec.question, grounded.errors)
+            parsed = parse_completion(grounded.text)
+            assert parsed.format_valid and parsed.think == rec.think and parsed.answer_text == rec.answer
+            key = rec.key_fact
+            if key['fact'] not in ('box', 'plan'):   # the key fact is among the facts the text states
+                assert {'fact': key['fact'], 'args': key['args'], 'value': key['value']} in [
+                    {k: f[k] for k in ('fact', 'args', 'value')} for f in grounded.facts], rec.question
             for box in rec.boxes:  # boxes in the completion are the objects' ground truth
                 obj = next(o for o in scene.objects if o.ref == box['ref'])
                 assert np.allclose(box['center'], obj.center, atol=0.006)
@@ -82,7 +93,7 @@ def test_quality_filter_keeps_generated_and_drops_bad_records():
         QARecord(good.scene_id, good.question, '<think>First, x. Then y. Finally z.</think><answer>' +
                  ' '.join(['word'] * 25) + '</answer>', 'word'),
         QARecord(good.scene_id, good.question, good.cot, good.answer, task=good.task, boxes=good.boxes,
-                 short_answer='purple elephant in the hallway'),
+                 think=good.think, short_answer='purple elephant in the hallway'),
     ]
     kept, counts = quality_filter(bad, reanswer=lambda r: solve(scene, r))
     assert kept == []
@@ -134,3 +145,18 @@ def test_sensor_frame_and_noise():
     assert np.allclose(back, scene.points[idx0], atol=1e-4)
     err = np.linalg.norm(xyz1 - xyz0, axis=1)
     assert 0 < np.median(err) < 0.05
+
+
+def test_every_generator_question_has_a_held_out_wording():
+    import random
+
+    from r3d_ros.scenes.paraphrase import paraphrase, paraphrase_records
+
+    recs = [r for seed in range(20) for r in generate_qa(generate_scene(300 + seed), seed)]
+    out, unmatched = paraphrase_records(recs, seed=1)
+    assert unmatched == 0 and {r.task for r in recs} == set(TASKS)
+    generated = {r.question for r in recs}
+    for a, b in zip(recs, out):
+        assert b.question != a.question and b.question not in generated   # never a generator wording
+        assert (b.key_fact, b.objects, b.answer, b.scene_id) == (a.key_fact, a.objects, a.answer, a.scene_id)
+    assert paraphrase('What is the meaning of life?', random.Random(0)) is None

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('evaluate', help='held-out scores per task (EM, CIDEr, Acc@IoU, plan steps, format, sim)')
     p.add_argument('--data', required=True, help='dataset directory')
-    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    p.add_argument('--split', default='test', choices=('train', 'val', 'test', 'test_paraphrase'),
+                   help='test_paraphrase: the test questions in held-out wordings (r3d_ros.scenes.paraphrase)')
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument('--model', help='R3D checkpoint directory to evaluate')
     g.add_argument('--prior', action='store_true', help='the answer-prior baseline (most common answer per task)')
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(best)
     elif args.command == 'compare':
         from training.data import load_records, split_path
-        from training.evaluate import paired_comparison, read_predictions
+        from training.evaluate import paired_comparison, read_answers, read_predictions
 
         runs = [json.loads(Path(p).read_text()) for p in (args.a, args.b)]
         if runs[0]['split'] != runs[1]['split']:
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f'the runs scored different records ({len(comps[0])} vs {len(comps[1])})')
         records = load_records(split_path(args.data, runs[0]['split']), len(comps[0]))
         res = {'a': runs[0]['name'], 'b': runs[1]['name'], 'split': runs[0]['split'],
-               'metrics': paired_comparison(records, comps[0], comps[1], args.encoder)}
+               'metrics': paired_comparison(records, comps[0], comps[1], args.encoder,
+                                            *(read_answers(Path(p).with_suffix('.predictions.jsonl'))
+                                              for p in (args.a, args.b)))}
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))

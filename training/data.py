@@ -110,16 +110,21 @@ def _boxes_json(boxes: list[dict]) -> str:
 
 
 def sft_rows(records: Iterable[QARecord]) -> list[dict]:
-    return [{'question': r.question, 'completion': r.cot, 'scene_id': r.scene_id, 'task': r.task} for r in records]
+    """``objects`` (JSON): the ground-truth objects the completion's references name, for the processor to turn
+    into object slots."""
+    return [{'question': r.question, 'completion': r.cot, 'scene_id': r.scene_id, 'task': r.task,
+             'objects': json.dumps(r.objects or [])} for r in records]
 
 
 def grpo_rows(records: Iterable[QARecord], processor) -> list[dict]:
     """Rows for GRPOTrainer: the prompt text (placeholders included) and what the rewards compare with.
-    ``boxes`` is a list of {'ref', 'center', 'size'} dicts (empty when the record has no box)."""
+    ``boxes`` is a list of {'ref', 'center', 'size'} dicts (empty when the record has no box); ``key_fact``,
+    ``objects`` and ``plan`` (JSON) are what the key-fact reward checks."""
     return [{'prompt': processor.prompt(r.question), 'question': r.question, 'scene_id': r.scene_id,
              'answer': r.answer, 'boxes': [{'ref': b['ref'], 'center': [float(v) for v in b['center']],
                                             'size': [float(v) for v in b['size']]} for b in (r.boxes or [])],
-             'task': r.task, 'cot': r.cot} for r in records]
+             'task': r.task, 'cot': r.cot, 'key_fact': json.dumps(r.key_fact or {}),
+             'objects': json.dumps(r.objects or []), 'plan': json.dumps(r.plan or [])} for r in records]
 
 
 def to_dataset(rows: list[dict]):
@@ -139,7 +144,8 @@ class SceneCollator:
     def __call__(self, rows: list[dict]) -> dict:
         batch = self.processor(questions=[r['question'] for r in rows],
                                point_clouds=[self.clouds[r['scene_id']] for r in rows],
-                               targets=[r['completion'] for r in rows])
+                               targets=[r['completion'] for r in rows],
+                               target_objects=[json.loads(r.get('objects') or '[]') for r in rows])
         if self.max_length is not None and batch['input_ids'].shape[1] > self.max_length:
             for k in ('input_ids', 'attention_mask', 'labels'):
                 batch[k] = batch[k][:, :self.max_length]

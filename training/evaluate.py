@@ -20,11 +20,12 @@ import re
 
 import numpy as np
 
-from r3d_ros.output_format import ANSWER_CLOSE, ANSWER_OPEN, is_format_valid, parse_completion
+from r3d_ros.output_format import ANSWER_CLOSE, ANSWER_OPEN, PlanStep, is_format_valid, parse_completion
 from r3d_ros.scenes.types import QARecord
-from training.rewards import perception_reward_text, shared_similarity
+from training.rewards import box_from_dict, perception_reward_text, shared_similarity
 
-METRICS = ('EM', 'CIDEr', 'Acc@0.25', 'Acc@0.5', 'PlanStep', 'Format', 'SemSim')
+METRICS = ('KeyFact', 'Consistency', 'EM', 'CIDEr', 'Acc@0.25', 'Acc@0.5', 'PlanStep', 'PlanValid', 'Format',
+           'SemSim')
 
 
 def _metrics_module():
@@ -80,28 +81,57 @@ def plan_step_accuracy(pred_steps, ref_steps: list[dict], tol: float = 0.5) -> f
     return hits / len(ref_steps)
 
 
+def answer_of_completion(text: str, status: str = 'ok') -> dict:
+    """A completion written with its numbers (the answer prior's) as an answer dict: boxes and plan, no facts."""
+    p = parse_completion(text)
+    return {'status': status, 'facts': [], 'objects': [], 'think': p.think, 'answer_text': p.answer_text,
+            'boxes': [{'ref': b.ref, 'center': list(b.center), 'size': list(b.size)} for b in p.boxes],
+            'plan': [{'action': st.action, 'target': st.target, 'position': list(st.position)} for st in p.plan]}
+
+
 def score(records: Sequence[QARecord], completions: Sequence[str], with_format: bool = True,
-          encoder: str = 'minilm') -> dict[str, dict[str, float]]:
-    """Metrics per task (and ``'all'``) for completions aligned with ``records``."""
+          encoder: str = 'minilm', answers: Sequence[dict] | None = None, clouds=None) -> dict[str, dict[str, float]]:
+    """Metrics per task (and ``'all'``) for completions aligned with ``records``. ``answers``: the grounded
+    answer dicts (facts, records) of the completions, for KeyFact and Consistency (``key_facts``); without
+    them the completions are read as written. ``clouds`` (scene id -> cloud) let Consistency recompute
+    approach points on the map's free space."""
+    from r3d_ros.evaluation import key_facts
+
+    answers = list(answers) if answers is not None else [answer_of_completion(c) for c in completions]
     parsed = [parse_completion(c) for c in completions]
-    sims = shared_similarity(encoder)([p.answer_text for p in parsed], [r.answer for r in records])
+    # scored as the reasoner publishes them: an ungrounded answer has no text, no boxes, no facts; an invalid
+    # plan keeps its text but loses its boxes and steps
+    status = [a.get('status', 'ok') for a in answers]
+    texts = [p.answer_text if s in ('ok', 'invalid_plan') else '' for p, s in zip(parsed, status)]
+    sims = shared_similarity(encoder)(texts, [r.answer for r in records])
     per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     preds, refs = defaultdict(dict), defaultdict(dict)
-    for i, (rec, comp, p, sim) in enumerate(zip(records, completions, parsed, sims)):
+    for i, (rec, comp, p, text, sim, ans) in enumerate(zip(records, completions, parsed, texts, sims, answers)):
+        ok = ans.get('status', 'ok') == 'ok'
+        truth = {o['ref']: o for o in rec.objects}
+        records_of = {o['id']: o for o in ans.get('objects') or []}
+        key = key_facts.key_fact_correct(rec.key_fact, ans, rec.objects, rec.plan)
+        points = None if clouds is None else np.asarray(clouds[rec.scene_id])[:, :3]
+        cons = key_facts.consistency({**ans, 'think': p.think, 'answer_text': text}, points) if ok else None
         for task in (rec.task, 'all'):
             row = per[task]
-            row['EM'].append(exact_match(p.answer_text, rec.answer))
+            if key is not None:
+                row['KeyFact'].append(float(key))
+            if cons is not None:
+                row['Consistency'].append(cons)
+            row['EM'].append(exact_match(text, rec.answer))
             row['SemSim'].append(sim)
             if with_format:
                 row['Format'].append(float(is_format_valid(comp)))
             if rec.boxes:
-                iou = perception_reward_text(comp, rec.boxes)
+                iou = perception_reward_text(comp, rec.boxes) if ok else 0.0
                 row['Acc@0.25'].append(float(iou >= 0.25))
                 row['Acc@0.5'].append(float(iou >= 0.5))
                 row['IoU'].append(iou)
             if rec.plan:
-                row['PlanStep'].append(plan_step_accuracy(p.plan, rec.plan))
-            preds[task][str(i)] = p.answer_text
+                row['PlanStep'].append(key_facts.plan_accuracy(p.plan if ok else [], rec.plan, records_of, truth))
+                row['PlanValid'].append(float(ok))
+            preds[task][str(i)] = text
             refs[task][str(i)] = [rec.answer]
     out = {}
     for task, row in per.items():
@@ -119,9 +149,13 @@ def _answer_section(cot: str) -> str:
 
 def prior_completions(train: Sequence[QARecord], records: Sequence[QARecord]) -> list[str]:
     """The answer-prior baseline: the most common training answer (text + boxes + plan) of each task."""
+    from r3d_ros.output_format import format_completion
+
     counts: dict[str, Counter] = defaultdict(Counter)
-    for r in train:
-        counts[r.task][_answer_section(r.cot)] += 1
+    for r in train:  # the answer as published (grounded on the training scene), boxes and plan with numbers
+        boxes = [box_from_dict(b) for b in r.boxes]
+        steps = [PlanStep(s['action'], s['target'], tuple(s['position'])) for s in r.plan]
+        counts[r.task][_answer_section(format_completion('', r.answer, boxes, steps))] += 1
     overall = Counter(a for c in counts.values() for a in c.elements())
     fallback = overall.most_common(1)[0][0] if overall else ''
     best = {task: c.most_common(1)[0][0] for task, c in counts.items()}
@@ -129,16 +163,21 @@ def prior_completions(train: Sequence[QARecord], records: Sequence[QARecord]) ->
 
 
 def generate_completions(model, processor, records: Sequence[QARecord], clouds, batch_size: int = 16,
-                         max_new_tokens: int = 256, device: str = 'cpu', progress: bool = True) -> list[str]:
-    """Greedy completions (the runtime's decoding) for ``records``, batched, left-padded."""
+                         max_new_tokens: int = 256, device: str = 'cpu', progress: bool = True
+                         ) -> tuple[list[str], list[str], list[dict]]:
+    """Greedy completions (the runtime's decoding) for ``records``, batched, left-padded: (as the model wrote
+    them, grounded on the scene's object records as the reasoner publishes them, the grounded answer dicts)."""
     import torch
     from tqdm.auto import tqdm
 
+    from r3d_ros.pipeline import published_status
     from training.grpo import placeholder_token_ids
 
     model = model.to(device).eval()
     suppress = placeholder_token_ids(model)   # a completion never contains encoder placeholders
+    raw: list[str] = []
     out: list[str] = []
+    answers: list[dict] = []
     starts = range(0, len(records), batch_size)
     for s in tqdm(starts, desc='generate', disable=not progress):
         chunk = records[s:s + batch_size]
@@ -147,8 +186,23 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
         with torch.no_grad():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress)
-        out += processor.batch_decode(ids[:, batch['input_ids'].shape[1]:], point_clouds=batch['point_clouds'])
-    return out
+        texts = processor.batch_decode(ids[:, batch['input_ids'].shape[1]:])
+        raw += texts
+        if not getattr(processor, 'object_refs', False):
+            out += texts
+            answers += [answer_of_completion(t) for t in texts]
+            continue
+        probs = model.object_class_probs(batch['point_clouds'])
+        for i, (t, r) in enumerate(zip(texts, chunk)):
+            cloud, p = batch['point_clouds'][i], None if probs is None else probs[i]
+            points = np.asarray(clouds[r.scene_id])[:, :3]
+            records = processor.object_records(cloud, p)
+            g = processor.ground(t, cloud, p, map_points=points)
+            status, _ = published_status(g, records, points)   # what the reasoner would publish it as
+            out.append(g.text)
+            answers.append({**answer_of_completion(g.text, status), 'facts': g.facts,
+                            'objects': [o.to_dict() for o in records]})
+    return raw, out, answers
 
 
 def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | None = None,
@@ -157,25 +211,27 @@ def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | 
     """Score a checkpoint (``model_path``) or, without one, the answer-prior baseline (needs ``train_records``)."""
     if model_path is None:
         completions = prior_completions(train_records or [], records)
-        with_format = False
+        raw, answers, with_format = completions, [answer_of_completion(c) for c in completions], False
     else:
         from r3d_ros.model import R3DForConditionalGeneration, R3DProcessor
 
         model = R3DForConditionalGeneration.from_pretrained(str(model_path))
         processor = R3DProcessor.from_pretrained(str(model_path))
-        completions = generate_completions(model, processor, records, clouds, batch_size, max_new_tokens, device)
+        raw, completions, answers = generate_completions(model, processor, records, clouds, batch_size,
+                                                         max_new_tokens, device)
         with_format = True
     if predictions_path is not None:
         with open(predictions_path, 'w', encoding='utf-8') as f:
-            for r, c in zip(records, completions):
+            for r, w, c, a in zip(records, raw, completions, answers):
                 f.write(json.dumps({'scene_id': r.scene_id, 'task': r.task, 'question': r.question,
-                                    'reference': r.cot, 'completion': c}) + '\n')
-    return score(records, completions, with_format=with_format, encoder=encoder)
+                                    'reference': r.cot, 'written': w, 'completion': c, 'answer': a}) + '\n')
+    return score(records, completions, with_format=with_format, encoder=encoder, answers=answers,
+                 clouds=clouds if model_path is not None else None)
 
 
 # -- checkpoint choice on val ----------------------------------------------------------------------
-#: what a checkpoint is chosen by: the metrics the GRPO rewards stand for (format, perception, semantic)
-SELECT_METRICS = ('Format', 'Acc@0.25', 'SemSim')
+#: what a checkpoint is chosen by: the metrics the GRPO rewards stand for (format, perception, semantic, key fact)
+SELECT_METRICS = ('Format', 'Acc@0.25', 'SemSim', 'KeyFact')
 
 
 def selection_score(res: dict) -> float:
@@ -210,7 +266,8 @@ def select_checkpoint(checkpoints: Sequence[str | Path], records: Sequence[QARec
 
 # -- paired comparison ----------------------------------------------------------------------------
 def paired_comparison(records: Sequence[QARecord], completions_a: Sequence[str], completions_b: Sequence[str],
-                      encoder: str = 'minilm') -> dict[str, dict]:
+                      encoder: str = 'minilm', answers_a: Sequence[dict] | None = None,
+                      answers_b: Sequence[dict] | None = None) -> dict[str, dict]:
     """B against A on the same records, per reward-aligned metric: for Format and Acc@0.25 the records only one
     of them gets right and a two-sided sign test on those (scipy's binomial test); for SemSim the mean paired
     difference and a two-sided Wilcoxon signed-rank test. Tells a gain from a few records flipping by chance."""
@@ -218,11 +275,18 @@ def paired_comparison(records: Sequence[QARecord], completions_a: Sequence[str],
 
     if not (len(records) == len(completions_a) == len(completions_b)):
         raise ValueError('records and both completion lists must align')
+    from r3d_ros.evaluation.key_facts import key_fact_correct
+
     out: dict[str, dict] = {}
-    for name, hit in (('Format', lambda c, r: is_format_valid(c)),
-                      ('Acc@0.25', lambda c, r: perception_reward_text(c, r.boxes) >= 0.25)):
-        rows = [(bool(hit(a, r)), bool(hit(b, r))) for r, a, b in zip(records, completions_a, completions_b)
-                if name != 'Acc@0.25' or r.boxes]
+    answers_a = answers_a or [answer_of_completion(c) for c in completions_a]
+    answers_b = answers_b or [answer_of_completion(c) for c in completions_b]
+    key = lambda ans, r: key_fact_correct(r.key_fact, ans, r.objects, r.plan)  # noqa: E731
+    for name, hit, pairs in (('Format', lambda c, r: is_format_valid(c), zip(completions_a, completions_b)),
+                             ('Acc@0.25', lambda c, r: perception_reward_text(c, r.boxes) >= 0.25,
+                              zip(completions_a, completions_b)),
+                             ('KeyFact', key, zip(answers_a, answers_b))):
+        keep = {'Acc@0.25': lambda r: bool(r.boxes), 'KeyFact': lambda r: bool(r.key_fact)}.get(name, lambda r: True)
+        rows = [(bool(hit(a, r)), bool(hit(b, r))) for r, (a, b) in zip(records, pairs) if keep(r)]
         only_a, only_b = sum(a and not b for a, b in rows), sum(b and not a for a, b in rows)
         p = binomtest(only_b, only_a + only_b).pvalue if only_a + only_b else 1.0
         out[name] = {'n': len(rows), 'a': sum(a for a, _ in rows) / max(len(rows), 1),
@@ -240,9 +304,18 @@ def paired_comparison(records: Sequence[QARecord], completions_a: Sequence[str],
 
 
 def read_predictions(path: str | Path) -> list[str]:
-    """The completions of an ``evaluate`` predictions file, in record order."""
+    """The (grounded) completions of an ``evaluate`` predictions file, in record order."""
+    return [p['completion'] for p in _prediction_rows(path)]
+
+
+def read_answers(path: str | Path) -> list[dict]:
+    """The grounded answer dicts of an ``evaluate`` predictions file, in record order."""
+    return [p.get('answer') or answer_of_completion(p['completion']) for p in _prediction_rows(path)]
+
+
+def _prediction_rows(path: str | Path) -> list[dict]:
     with open(path, encoding='utf-8') as f:
-        return [json.loads(line)['completion'] for line in f if line.strip()]
+        return [json.loads(line) for line in f if line.strip()]
 
 
 # -- table ----------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from r3d_ros.model.tokenizer import OBJECT_REF
-from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN
+from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, parse_completion
 from training.config import last_checkpoint, make_log_callback, make_processor_saver
 from training.data import SceneClouds, grpo_rows, load_records, split_path, to_dataset
 from training.modeling import enable_trl_fused_head, load_model_and_processor, save_model
@@ -154,6 +154,7 @@ class SceneGRPOTrainer(GRPOTrainer):
         self._rewards_per_func: torch.Tensor | None = None
         self._batch_boxes: list = []
         self._slot_capture: dict | None = None
+        self.grounded: dict[str, dict] = {}
         grpo_args = kwargs['args']
         beta = grpo_args.beta
         # trl rebuilds a full-model reference from config._name_or_path through transformers' class names,
@@ -179,6 +180,9 @@ class SceneGRPOTrainer(GRPOTrainer):
             else:
                 ref = self.accelerator.prepare_model(ref, evaluation_mode=True)
             self.ref_model = ref
+        for fn in self.reward_funcs:  # the key-fact reward reads the grounded answers this trainer keeps
+            if hasattr(fn, 'grounded'):
+                fn.grounded = self.grounded
         enable_trl_fused_head(self.model)
         if self.ref_model is not None:
             enable_trl_fused_head(self.accelerator.unwrap_model(self.ref_model))
@@ -299,7 +303,9 @@ class SceneGRPOTrainer(GRPOTrainer):
 
     def completion_texts(self, completion_ids, clouds=None) -> list[str]:
         """Completions as the rewards read them: grammar markers kept, pad/eos dropped, and (object-identifier
-        models) each ``<obj_k>`` resolved to slot k's proposal box; the ids stay as sampled."""
+        models) grounded on the slots' object records (``R3DProcessor.ground``: references, facts, boxes and plan
+        steps filled in); the ids stay as sampled. Each grounded completion's answer (facts, boxes, plan, records,
+        status) is kept in ``self.grounded`` by its text, for the key-fact reward."""
         tok = self._tokenizer
         texts = tok.batch_decode(completion_ids, skip_special_tokens=False)
         for t in (tok.pad_token, tok.eos_token):
@@ -307,8 +313,17 @@ class SceneGRPOTrainer(GRPOTrainer):
                 texts = [x.replace(t, '') for x in texts]
         texts = [x.strip() for x in texts]
         if getattr(self.scene_processor, 'object_refs', False) and clouds is not None:
-            texts = [self.scene_processor.resolve_object_refs(t, c) for t, c in zip(texts, clouds)]
+            probs = _unwrapped(self.model).object_class_probs(clouds)
+            texts = [self._ground(t, c, None if probs is None else probs[i])
+                     for i, (t, c) in enumerate(zip(texts, clouds))]
         return texts
+
+    def _ground(self, text: str, cloud, probs) -> str:
+        grounded = self.scene_processor.ground(text, cloud, probs)
+        self.grounded[grounded.text] = answer_of(grounded, self.scene_processor.object_records(cloud, probs))
+        while len(self.grounded) > 4096:
+            self.grounded.pop(next(iter(self.grounded)))
+        return grounded.text
 
     def _tokenize_prompts(self, prompts):
         prompt_ids, images, fields = super()._tokenize_prompts(prompts)
@@ -404,6 +419,15 @@ class SceneGRPOTrainer(GRPOTrainer):
                                             None if head.bias is None else head.bias.float())
         logps = torch.log_softmax(logits / self.temperature, dim=-1)
         return logps[:, self._slot_ids.to(logps.device)]
+
+
+def answer_of(grounded, records) -> dict:
+    """A grounded completion as the reasoner's answer dict (what ``key_facts.key_fact_correct`` reads)."""
+    parsed = parse_completion(grounded.text)
+    return {'status': 'ok' if grounded.ok else 'ungrounded', 'facts': grounded.facts,
+            'boxes': [{'ref': b.ref, 'center': list(b.center), 'size': list(b.size)} for b in parsed.boxes],
+            'plan': [{'action': st.action, 'target': st.target, 'position': list(st.position)} for st in parsed.plan],
+            'objects': [r.to_dict() for r in records]}
 
 
 def _unwrapped(model):

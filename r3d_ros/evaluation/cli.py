@@ -58,7 +58,8 @@ def _write(out: Path, mode: str, questions, answers, meta: dict, clouds=None, sc
 
 def _print_table(mode: str, scores: dict) -> None:
     print(f'== {mode} ==')
-    cols = ('n', 'CIDEr', 'BLEU-4', 'METEOR', 'ROUGE-L', 'EM', 'EM-R', 'Acc@0.25', 'Acc@0.5', 'PlanStep')
+    cols = ('n', 'KeyFact', 'Consistency', 'CIDEr', 'BLEU-4', 'METEOR', 'ROUGE-L', 'EM', 'EM-R', 'Acc@0.25',
+            'Acc@0.5', 'PlanStep')
     print(f'{"task":<10}' + ''.join(f'{c:>9}' for c in cols))
     for t, r in scores['tasks'].items():
         print(f'{t:<10}' + ''.join(f'{report._fmt(c, r[c]):>9}' for c in cols))

@@ -137,17 +137,21 @@ def _step(s) -> tuple[str, str, np.ndarray]:
     return str(s['action']), str(s['target']), np.asarray(s['position'], np.float64)
 
 
-def plan_step_accuracy(pred_steps: Sequence, ref_steps: Sequence, tol: float = 0.5) -> float:
+def plan_step_accuracy(pred_steps: Sequence, ref_steps: Sequence, tol: float = 0.5,
+                       same_target=None) -> float:
     """Share of reference steps matched in order (same index) by action, target and position within ``tol`` m.
+    ``same_target(pred, ref)`` decides whether two target names are the same object (default: equal names; a
+    map object ``obj_k`` against a ground-truth ref needs their boxes, see ``key_facts.plan_accuracy``).
     NaN when there is no reference plan."""
     if not ref_steps:
         return float('nan')
+    same_target = same_target or (lambda a, b: a == b)
     hits = 0
     for i, ref in enumerate(ref_steps):
         if i < len(pred_steps):
             pa, pt, pp = _step(pred_steps[i])
             ra, rt, rp = _step(ref)
-            hits += int(pa == ra and pt == rt and bool(np.linalg.norm(pp - rp) <= tol))
+            hits += int(pa == ra and same_target(pt, rt) and bool(np.linalg.norm(pp - rp) <= tol))
     return hits / len(ref_steps)
 
 

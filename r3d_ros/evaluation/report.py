@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-PLOT_METRICS = ('CIDEr', 'BLEU-4', 'METEOR', 'ROUGE-L', 'EM', 'EM-R', 'Acc@0.25', 'Acc@0.5', 'PlanStep')
+PLOT_METRICS = ('KeyFact', 'CIDEr', 'BLEU-4', 'METEOR', 'ROUGE-L', 'EM', 'EM-R', 'Acc@0.25', 'Acc@0.5', 'PlanStep')
 
 
 def _png(fig) -> str:

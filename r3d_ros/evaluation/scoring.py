@@ -8,11 +8,14 @@ import math
 
 import numpy as np
 
+from r3d_ros.evaluation import key_facts
 from r3d_ros.evaluation import metrics as M
 from r3d_ros.evaluation.annotations import Question
 
 #: Every key a score table row has (NaN where a metric has no samples, e.g. Acc@0.25 without GT boxes).
-ROW_KEYS = ('n', 'answered', *M.CAPTION_METRICS, 'EM', 'EM-R', 'Acc@0.25', 'Acc@0.5', 'IoU', 'PlanStep')
+ROW_KEYS = ('n', 'answered', 'KeyFact', 'Consistency', *M.CAPTION_METRICS, 'EM', 'EM-R', 'Acc@0.25', 'Acc@0.5',
+            'IoU', 'PlanStep')
+_PER_QUESTION = ('KeyFact', 'Consistency', 'EM', 'EM-R', 'Acc@0.25', 'Acc@0.5', 'IoU', 'PlanStep')
 
 
 def _nanmean(values: list[float]) -> float:
@@ -40,9 +43,15 @@ def score(questions: Sequence[Question], answers: Mapping[str, dict],
             status = a.get('status', 'missing')
             statuses[status] += 1
             text = a.get('answer_text', '') if status in ('ok', 'invalid_plan') else ''
+            key = key_facts.key_fact_correct(q.key_fact, a, q.objects, q.plan) if q.key_fact else None
+            cons = key_facts.consistency(a) if status == 'ok' else None
             for task in (q.task or 'unknown', 'all'):
                 row = per[task]
                 row['n'].append(1)
+                if key is not None:
+                    row['KeyFact'].append(float(key))
+                if cons is not None:
+                    row['Consistency'].append(cons)
                 row['answered'].append(float(status in ('ok', 'invalid_plan')))
                 row['EM'].append(M.exact_match(text, q.em_refs) if q.em_refs else float('nan'))
                 row['EM-R'].append(M.refined_exact_match(text, q.em_refs) if q.em_refs else float('nan'))
@@ -67,7 +76,7 @@ def score(questions: Sequence[Question], answers: Mapping[str, dict],
             ids = [i for i in ids_by_task[task] if i in res]
             out.update(scorer.score_tokenized({i: res[i] for i in ids}, {i: gts[i] for i in ids}) if ids
                        else {k: float('nan') for k in M.CAPTION_METRICS})
-            for key in ('EM', 'EM-R', 'Acc@0.25', 'Acc@0.5', 'IoU', 'PlanStep'):
+            for key in _PER_QUESTION:
                 out[key] = _nanmean(row.get(key, []))
             tasks[task] = {k: out[k] for k in ROW_KEYS}
         tasks = {k: tasks[k] for k in sorted(tasks, key=lambda t: (t == 'all', t))}
@@ -78,8 +87,8 @@ def score(questions: Sequence[Question], answers: Mapping[str, dict],
             scorer.close()
 
 
-def compare(a: dict, b: dict, keys: Sequence[str] = ('CIDEr', 'BLEU-4', 'METEOR', 'ROUGE-L', 'EM', 'EM-R',
-                                                      'Acc@0.25', 'Acc@0.5', 'PlanStep')) -> dict[str, float]:
+def compare(a: dict, b: dict, keys: Sequence[str] = ('KeyFact', 'CIDEr', 'BLEU-4', 'METEOR', 'ROUGE-L', 'EM',
+                                                      'EM-R', 'Acc@0.25', 'Acc@0.5', 'PlanStep')) -> dict[str, float]:
     """Largest absolute difference per metric between two :func:`score` outputs, over tasks both have."""
     out = {}
     for k in keys:

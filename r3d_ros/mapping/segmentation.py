@@ -9,7 +9,10 @@ Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for th
 1. voxel down-sample (``voxel`` m), so density does not depend on how the cloud was sampled;
 2. remove large horizontal/vertical planes (floor, walls, ceiling): RANSAC, a plane counts when it holds at
    least ``plane_fraction`` of the points and spans ``min_plane_extent`` m in two directions;
-3. DBSCAN on xyz plus ``color_weight`` x rgb (0..1): touching objects of different colours stay apart.
+3. DBSCAN on xyz plus ``color_weight`` x rgb (0..1): touching objects of different colours stay apart;
+4. parts below another segment join it: a segment whose top touches the underside of a larger segment and whose
+   footprint lies under it (legs and side panels under a table top, which shading alone had split off: on the
+   val scenes a table came out as five proposals) is one object with it.
 
 Labels are per input point: -1 for structure and noise, else 0..K-1 with 0 the largest segment (most occupied
 voxels, so the order does not depend on how densely the cloud was sampled).
@@ -89,6 +92,7 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
     if keep.sum() >= cfg.min_points:
         feats = np.concatenate([vx[keep], cfg.color_weight * vrgb[keep]], axis=1)
         voxel_labels[keep] = DBSCAN(eps=cfg.eps, min_samples=cfg.min_points).fit_predict(feats)
+    voxel_labels = _merge_parts_below(vx, voxel_labels, voxel)
     # relabel by size (largest first), so a fixed number of object tokens keeps the biggest segments
     found = voxel_labels[voxel_labels >= 0]
     if len(found):
@@ -99,6 +103,31 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
         voxel_labels = np.where(voxel_labels >= 0, remap[np.maximum(voxel_labels, 0)], -1)
     labels[:] = voxel_labels[slot]
     return labels
+
+
+def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: float = 0.08) -> np.ndarray:
+    """Join each segment to the larger segment resting on it from above (see the module docstring, step 4)."""
+    ids = [k for k in np.unique(labels) if k >= 0]
+    boxes = {k: (xyz[labels == k].min(0), xyz[labels == k].max(0)) for k in ids}
+    area = {k: float(np.prod(np.maximum(hi - lo, voxel)[:2])) for k, (lo, hi) in boxes.items()}
+    parent = {}
+    for a in ids:
+        alo, ahi = boxes[a]
+        for b in sorted(ids, key=lambda k: -area[k]):
+            blo, bhi = boxes[b]
+            if b == a or area[b] <= 2 * area[a]:
+                continue
+            under = np.all(alo[:2] >= blo[:2] - voxel) and np.all(ahi[:2] <= bhi[:2] + voxel)
+            if under and abs(float(ahi[2] - blo[2])) <= gap and ahi[2] < bhi[2]:
+                parent[a] = b
+                break
+    out = labels.copy()
+    for a in parent:
+        root = a
+        while root in parent:
+            root = parent[root]
+        out[labels == a] = root
+    return out
 
 
 def segment_boxes(cloud: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

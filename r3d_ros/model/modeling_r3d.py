@@ -231,6 +231,14 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
             model.vision_tower.load_state_dict(vision.state_dict())
         return model
 
+    @torch.no_grad()
+    def object_class_probs(self, point_clouds: torch.Tensor) -> torch.Tensor | None:
+        """(B, K, C) class-head probabilities of the object slots of a processor batch's clouds (None without a
+        class head): what the map's object records take their class from."""
+        if not self.config.num_object_tokens or self.point_encoder.object_classifier is None:
+            return None
+        return self.point_encoder.encode(point_clouds)[1].float().softmax(-1)
+
     # -- multimodal embedding ----------------------------------------------------------------
     def _vision_inputs(self, pixels: torch.Tensor) -> dict:
         """Tower inputs from (V, 3, H, W) images; SigLIP-2 (NaFlex) takes flattened patches + their grid."""

@@ -17,30 +17,29 @@ proposal index (-1 for scene rows and empty slots), then the class index of the 
 covers (-1: unknown; only training scenes know it). A cloud that already has these two columns
 (``3 + point_features + 2``: training scenes, labelled once when loaded) is not segmented again.
 
-With object identifiers (``object_refs``; the model's ``object_ref_token_ids``) a box may refer to a proposal
-instead of spelling its numbers: ``<box>desk_4 <obj_7></box>``. Training targets are rewritten that way where a
-proposal matches the true box (:meth:`R3DProcessor.refer_boxes`, IoU >= ``REFER_MIN_IOU``), and decoding
-writes the proposal's box back (:meth:`R3DProcessor.resolve_object_refs`), so every consumer of a completion
-still sees ``<box>name x y z dx dy dz</box>``.
+With object identifiers (``object_refs``; the model's ``object_ref_token_ids``) a completion refers to proposals
+instead of writing numbers: ``The desk <obj_7> is [color <obj_7>]. <box>desk <obj_7></box>``. Training targets
+name ground-truth objects (``<desk_4>``) and are rewritten to the slot whose proposal matches the object's box
+(:meth:`R3DProcessor.refer_objects`, IoU >= ``REFER_MIN_IOU``); a decoded completion is filled in from the
+object records of the slots (:meth:`R3DProcessor.ground`, ``r3d_ros.grounding``), so every consumer sees the
+published grammar, ``<box>obj_7 x y z dx dy dz</box>``, with every fact read off the map.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-import re
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer, BatchFeature
 
 from r3d_ros.model.tokenizer import ASSISTANT, DEPTH, OBJECT_REF, SCENE, SYSTEM, USER, VIEW
-from r3d_ros.output_format import BOX_PATTERN, SYSTEM_PROMPT
+from r3d_ros.output_format import SYSTEM_PROMPT
 
 CONFIG_NAME = 'r3d_processor.json'
 #: A target box is written as a proposal reference when some proposal overlaps it at least this much.
 REFER_MIN_IOU = 0.25
-_REF_TOKEN = re.compile(re.escape(OBJECT_REF).replace(r'\{\}', r'(\d+)'))
 
 
 def sample_points(cloud: np.ndarray, n: int, seed: int = 0, features: int = 3) -> np.ndarray:
@@ -105,8 +104,9 @@ class R3DProcessor:
                  image_size: int = 64, max_depth: float = 10.0, point_features: int = 3,
                  image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
                  image_std: tuple[float, float, float] = (0.5, 0.5, 0.5), num_object_tokens: int = 0,
-                 object_points: int = 32, object_refs: bool = False):
+                 object_points: int = 32, object_refs: bool = False, class_names: tuple[str, ...] = ()):
         self.tokenizer = tokenizer
+        self.class_names = tuple(class_names)
         self.num_points, self.num_scene_tokens = num_points, num_scene_tokens
         self.num_view_tokens, self.image_size, self.max_depth = num_view_tokens, image_size, max_depth
         self.point_features = point_features
@@ -120,7 +120,8 @@ class R3DProcessor:
         return cls(tokenizer, num_points=config.num_points, num_scene_tokens=config.num_scene_tokens,
                    num_view_tokens=config.num_view_tokens, point_features=config.point_feature_dim,
                    num_object_tokens=config.num_object_tokens, object_points=config.object_points,
-                   object_refs=config.use_object_refs, **kwargs)
+                   object_refs=config.use_object_refs,
+                   class_names=tuple(getattr(config, 'object_class_names', None) or ()), **kwargs)
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -128,7 +129,8 @@ class R3DProcessor:
                 'num_view_tokens': self.num_view_tokens, 'image_size': self.image_size, 'max_depth': self.max_depth,
                 'point_features': self.point_features, 'image_mean': list(self.image_mean),
                 'image_std': list(self.image_std), 'num_object_tokens': self.num_object_tokens,
-                'object_points': self.object_points, 'object_refs': self.object_refs}
+                'object_points': self.object_points, 'object_refs': self.object_refs,
+                'class_names': list(self.class_names)}
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
@@ -139,7 +141,10 @@ class R3DProcessor:
     @classmethod
     def from_pretrained(cls, path: str | Path) -> R3DProcessor:
         path = Path(path)
-        return cls(AutoTokenizer.from_pretrained(str(path)), **json.loads((path / CONFIG_NAME).read_text()))
+        kwargs = json.loads((path / CONFIG_NAME).read_text())
+        if 'class_names' not in kwargs and (path / 'config.json').exists():  # saved before records had classes
+            kwargs['class_names'] = json.loads((path / 'config.json').read_text()).get('object_class_names') or ()
+        return cls(AutoTokenizer.from_pretrained(str(path)), **kwargs)
 
     # -- prompts -----------------------------------------------------------------------------
     def prompt(self, question: str, num_views: int = 0) -> str:
@@ -170,16 +175,17 @@ class R3DProcessor:
         return pixels, depth, mask
 
     def __call__(self, questions, point_clouds, views=None, depths=None, targets=None, return_tensors='pt',
-                 padding_side: str | None = None) -> BatchFeature:
-        """Batch for the model. With ``targets``: labels on the completion tokens only (-100 elsewhere)."""
+                 padding_side: str | None = None, target_objects=None) -> BatchFeature:
+        """Batch for the model. With ``targets``: labels on the completion tokens only (-100 elsewhere); with
+        ``target_objects`` (per target, the objects its references name) the references become slots."""
         n = len(questions)
         view_counts = [len(v or []) for v in views] if views is not None else [0] * n
         prompts = [self.prompt(q, k) for q, k in zip(questions, view_counts)]
         tok = self.tokenizer
         side = padding_side or ('right' if targets is not None else 'left')
         clouds = self.cloud_tensor(point_clouds)
-        if targets is not None and self.object_refs:
-            targets = [self.refer_boxes(t, c) for t, c in zip(targets, clouds)]
+        if targets is not None and self.object_refs and target_objects is not None:
+            targets = [self.refer_objects(t, c, o) for t, c, o in zip(targets, clouds, target_objects)]
         rows, label_rows = [], []
         for i, p in enumerate(prompts):
             ids = tok(p, add_special_tokens=False)['input_ids']
@@ -230,9 +236,9 @@ class R3DProcessor:
         return torch.from_numpy(np.stack([self.prepare_cloud(c) for c in point_clouds]))
 
     # -- object identifiers ------------------------------------------------------------------
-    def object_boxes(self, cloud) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Slot -> (centre, size) of each non-empty object slot of a :meth:`prepare_cloud` output: the
-        axis-aligned box of the proposal's rows (farthest-point sampled, so its extremes are among them)."""
+    def object_slots(self, cloud) -> dict[int, np.ndarray]:
+        """Slot -> its rows (``object_points`` x (3 + F)) for each non-empty object slot of a :meth:`prepare_cloud`
+        output (farthest-point sampled, so the proposal's extremes and thus its box are among them)."""
         if hasattr(cloud, 'detach'):
             cloud = cloud.detach().float().cpu().numpy()
         rows = np.asarray(cloud, np.float32)[self.num_points:]
@@ -240,48 +246,55 @@ class R3DProcessor:
         for k in range(self.num_object_tokens):
             part = rows[k * self.object_points:(k + 1) * self.object_points]
             if len(part) and part[0, -2] >= 0:
-                lo, hi = part[:, :3].min(0), part[:, :3].max(0)
-                out[k] = ((lo + hi) / 2, hi - lo)
+                out[k] = part[:, :-2]
         return out
 
-    def refer_boxes(self, completion: str, cloud) -> str:
-        """A training target with each ``<box>ref x y z dx dy dz</box>`` that a proposal of ``cloud`` matches
-        (best 3D IoU >= ``REFER_MIN_IOU``) written as ``<box>ref <obj_k></box>``; other boxes are kept."""
+    def object_boxes(self, cloud) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Slot -> (centre, size) of each non-empty object slot: the axis-aligned box of its rows."""
+        out = {}
+        for k, part in self.object_slots(cloud).items():
+            lo, hi = part[:, :3].min(0), part[:, :3].max(0)
+            out[k] = ((lo + hi) / 2, hi - lo)
+        return out
+
+    def object_records(self, cloud, class_probs=None):
+        """The map's object records (``r3d_ros.scene_objects``) from the slots the model read and its class head's
+        probabilities ((K, C), the model's ``object_class_probs``; None: class 'object')."""
+        from r3d_ros.scene_objects import records_from_slots
+
+        if hasattr(class_probs, 'detach'):
+            class_probs = class_probs.detach().float().cpu().numpy()
+        return records_from_slots(self.object_slots(cloud), class_probs, self.class_names)
+
+    def ground(self, completion: str, cloud, class_probs=None, map_points=None):
+        """The completion with its references, facts, boxes and plan steps filled in from the object records
+        (``r3d_ros.grounding.ground``); ``map_points`` (N, 3+) let plan steps check free space."""
+        from r3d_ros import grounding
+
+        scene = grounding.Scene.of(self.object_records(cloud, class_probs), map_points, classes=self.class_names)
+        return grounding.ground(completion, scene)
+
+    def refer_objects(self, completion: str, cloud, objects: list[dict]) -> str:
+        """A training target with each ground-truth reference ``<ref>`` of ``objects`` ({'ref', 'center', 'size'})
+        written as the proposal slot that matches its box best (3D IoU >= ``REFER_MIN_IOU``, else the best one
+        that overlaps it at all); a reference no proposal overlaps is left as written."""
         from r3d_ros.evaluation.metrics import box_iou_3d
         from r3d_ros.output_format import Box
 
         boxes = self.object_boxes(cloud)
-
-        def refer(m: re.Match) -> str:
-            nums = [float(v) for v in m['nums'].split()]
-            truth = Box('t', tuple(nums[:3]), tuple(nums[3:]))
+        for obj in objects:
+            truth = Box('t', tuple(obj['center']), tuple(obj['size']))
             ious = {k: box_iou_3d(truth, Box('p', tuple(c), tuple(s))) for k, (c, s) in boxes.items()}
             best = max(ious, key=ious.get, default=None)
-            if best is None or ious[best] < REFER_MIN_IOU:
-                return m[0]
-            return f'<box>{m["ref"]} {OBJECT_REF.format(best)}</box>'
-        return BOX_PATTERN.sub(refer, completion)
+            if best is not None and ious[best] > 0:
+                completion = completion.replace(f'<{obj["ref"]}>', OBJECT_REF.format(best))
+        return completion
 
-    def resolve_object_refs(self, text: str, cloud) -> str:
-        """``<obj_k>`` -> the numbers of slot k's proposal box (``x y z dx dy dz``, metres to the centimetre); a
-        reference to an empty or unknown slot is left as written (its box then does not parse)."""
-        boxes = self.object_boxes(cloud)
-
-        def resolve(m: re.Match) -> str:
-            box = boxes.get(int(m[1]))
-            if box is None:
-                return m[0]
-            return ' '.join(f'{v:.2f}' for v in (*box[0], *box[1]))
-        return _REF_TOKEN.sub(resolve, text)
-
-    def batch_decode(self, ids, skip_special_tokens: bool = False, point_clouds=None) -> list[str]:
-        """Decode completions keeping the think/answer/box/plan markers (special tokens) but not pad/eos.
-        With ``point_clouds`` (the batch's, row-aligned) object references are resolved to boxes."""
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
+    def batch_decode(self, ids, skip_special_tokens: bool = False) -> list[str]:
+        """Decode completions keeping the think/answer/box/plan markers and ``<obj_k>`` references (special
+        tokens) but not pad/eos; :meth:`ground` fills the references in."""
         if skip_special_tokens:
             return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False)
         pad, eos = self.tokenizer.pad_token, self.tokenizer.eos_token
-        texts = [(t.replace(pad, '') if pad else t).split(eos)[0].strip() for t in texts]
-        if self.object_refs and point_clouds is not None:
-            texts = [self.resolve_object_refs(t, c) for t, c in zip(texts, point_clouds)]
-        return texts
+        return [(t.replace(pad, '') if pad else t).split(eos)[0].strip() for t in texts]

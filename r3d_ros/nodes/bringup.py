@@ -65,6 +65,14 @@ class Bringup:
             self.processes[exe] = ManagedProcess(argv, env=self.env, name=exe, log_dir=self.log_dir)
         return self
 
+    def params(self, executable: str) -> dict:
+        """The parameters ``executable`` is started with: its YAML file's, then the overrides (as -p parses)."""
+        spec = next(s for s in self.nodes if s['executable'] == executable)
+        files = yaml.safe_load(config_path(spec['params']).read_text()) or {}
+        values = dict(next(iter(files.values()), {}).get('ros__parameters', {}))
+        values.update({k: yaml.safe_load(str(v)) for k, v in self.overrides.get(executable, {}).items()})
+        return values
+
     def dead(self) -> list[str]:
         return [name for name, p in self.processes.items() if not p.alive()]
 

@@ -4,6 +4,9 @@ Brings up the simulated graph (sim_sensor -> scene_map -> reasoner) on a private
 waits for the map to cover the room, asks a set of questions over the `query` topic exactly as a robot
 or operator would, prints each answer, grounding and validated plan, and writes a PNG of the map with
 the selected views and the grounded boxes (default: r3d_demo.png).
+
+Every answer is checked against the simulated room's ground truth (its key fact: the count, colour, box,
+support or plan the question asks for, ``r3d_ros.evaluation.key_facts``) and marked right or wrong.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import sys
 import threading
 import time
 
+#: one per kind of fact a robot acts on (a count, a colour, a box, a support relation, a plan), about the
+#: objects of the demo's room (sim_sensor's scene_seed 0: table, nightstand, trash can, wardrobe, a book on
+#: the table, a lamp on the nightstand)
 DEFAULT_QUESTIONS = [
-    'How many chairs are in the room?',
+    'How many lamps are in the room?',
     'What color is the table?',
     'Where is the lamp?',
-    'What is the object closest to the sofa?',
-    'Bring the box to the table.',
+    'What is the book standing on?',
+    'Bring the book to the nightstand.',
 ]
 
 
@@ -88,6 +94,29 @@ class _Client:
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         self.rclpy.try_shutdown(context=self.context)
+
+
+def demo_scene(graph):
+    """The room sim_sensor renders (same seed and object count), for checking answers against its truth."""
+    from r3d_ros.scenes.synthetic import generate_scene
+
+    p = graph.params('sim_sensor')
+    return generate_scene(int(p['scene_seed']), num_objects=(int(p['min_objects']), int(p['max_objects'])),
+                          point_density=float(p['point_density']))
+
+
+def check_answer(scene, question: str, answer: dict) -> str:
+    """'right (...)' / 'WRONG (truth: ...)' for the answer's key fact, or why it cannot be checked."""
+    from r3d_ros.evaluation.key_facts import key_fact_correct
+    from r3d_ros.scenes.qa import truth_record
+
+    truth = truth_record(scene, question)
+    if truth is None:
+        return 'no ground truth for this question (not one the generator asks about this room)'
+    key = truth.key_fact
+    want = truth.plan if key['fact'] == 'plan' else truth.boxes if key['fact'] == 'box' else key['value']
+    ok = key_fact_correct(key, answer, truth.objects, truth.plan)
+    return f"{'right' if ok else 'WRONG'} ({key['fact']}: truth {want})"
 
 
 def draw(map_xyz, map_rgb, results: list[dict], out: Path) -> None:
@@ -171,7 +200,8 @@ def main(argv=None) -> int:
                 time.sleep(0.5)
             time.sleep(max(0.0, args.lap - (time.monotonic() - t0)) + 1.0)  # map one whole lap of the room
             print(f'map: {client.map_points()} points after {time.monotonic() - t0:.1f}s')
-            results = []
+            scene = demo_scene(graph)
+            results, verdicts = [], []
             for i, question in enumerate(questions, 1):
                 res = client.ask(f'demo-{i}', question, args.answer_timeout)
                 results.append(res)
@@ -187,10 +217,14 @@ def main(argv=None) -> int:
                     print(f"  plan: {step['action']} {step['target']} at {step['position']}")
                 if res.get('timings'):
                     print(f"  time: {res['timings'].get('total_s', 0):.2f}s")
+                verdicts.append(check_answer(scene, question, res))
+                print('  check: ' + verdicts[-1])
             from r3d_ros.pointcloud import xyz_rgb_from_cloud
 
             xyz, rgb = xyz_rgb_from_cloud(client.map_msg)
             draw(xyz, rgb, results, Path(args.out))
+            right = sum(v.startswith('right') for v in verdicts)
+            print(f'\n{right} of {len(verdicts)} answers right against the room\'s ground truth')
             print(f'\nwrote {args.out}')
         finally:
             client.close()

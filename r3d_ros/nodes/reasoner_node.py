@@ -13,7 +13,9 @@ Subscribes: ``scene_map/cloud`` (reliable, transient-local), ``query`` (std_msgs
 JSON ``{"id", "question", "task"}``), ``cancel``.
 Publishes: ``answer`` (JSON result), ``answer_text``, ``answer_stream`` (token pieces while decoding),
 ``grounding`` (MarkerArray, cleared first), ``plan`` (validated steps, JSON), ``plan_path`` (Path),
-``selected_views`` (PoseArray) and ``selected_views/frustums`` (MarkerArray), ``diagnostics``.
+``selected_views`` (PoseArray) and ``selected_views/frustums`` (MarkerArray), ``diagnostics``, and
+``scene_objects`` (reliable, transient-local: the object records the last answer was grounded on, JSON
+``{"id", "frame_id", "stamp", "objects": [...]}``; a late subscriber gets the latest at once).
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ class ReasonerNode(LifecycleNode):
             'selected_views': self.create_lifecycle_publisher(PoseArray, 'selected_views', 10),
             'view_frustums': self.create_lifecycle_publisher(MarkerArray, 'selected_views/frustums', 10),
             'diagnostics': self.create_lifecycle_publisher(DiagnosticArray, 'diagnostics', 10),
+            # latched like the map: the records every published fact was read off, for any late subscriber
+            'scene_objects': self.create_lifecycle_publisher(String, 'scene_objects', MAP_QOS),
         }
         self._queue = queue.Queue(maxsize=p('queue_size'))
         # map decoding and query intake run in their own groups so a big map never delays a query
@@ -284,6 +288,10 @@ class ReasonerNode(LifecycleNode):
         payload = result.to_dict()
         if result.status != STATUS_OK:
             self.get_logger().warn(f"query {result.id}: {result.status}: {result.message}")
+        if result.objects:
+            self._pubs['scene_objects'].publish(String(data=json.dumps({
+                'id': result.id, 'frame_id': frame, 'stamp': stamp.sec + stamp.nanosec * 1e-9,
+                'objects': payload['objects']})))
         markers = MarkerArray(markers=[Marker(action=Marker.DELETEALL, ns='r3d_grounding')])
         for i, box in enumerate(result.boxes):
             markers.markers += _box_markers(box, i, frame, stamp)
@@ -360,7 +368,8 @@ def _box_markers(box, i: int, frame: str, stamp) -> list[Marker]:
     cube.pose.orientation.w = 1.0
     cube.scale.x, cube.scale.y, cube.scale.z = (max(float(v), 0.01) for v in box.size)
     cube.color.r, cube.color.g, cube.color.b, cube.color.a = 0.1, 0.8, 0.2, 0.35
-    text = Marker(ns='r3d_grounding', id=2 * i + 1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, text=box.ref)
+    text = Marker(ns='r3d_grounding', id=2 * i + 1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                  text=f'{box.label} ({box.ref})' if box.category else box.ref)
     text.header = cube.header
     text.pose.position.x, text.pose.position.y = cube.pose.position.x, cube.pose.position.y
     text.pose.position.z = cube.pose.position.z + cube.scale.z / 2 + 0.1

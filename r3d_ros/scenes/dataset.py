@@ -38,6 +38,8 @@ from r3d_ros.output_format import parse_completion
 from r3d_ros.scenes.types import QARecord, Scene, SceneObject
 
 SPLITS = ('train', 'val', 'test')
+#: the test questions in wordings the generator never writes (r3d_ros.scenes.paraphrase), same truth
+PARAPHRASE_SPLIT = 'test_paraphrase'
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 # ---------------------------------------------------------------------------------------------- scene store
@@ -228,16 +230,19 @@ def quality_filter(records: Iterable[QARecord], *, think_min_words: int = 30, an
     for rec in records:
         counts['total'] += 1
         parsed = parse_completion(rec.cot)
+        # the text rules read the chain of thought as published: grounded (rec.think / rec.answer) when the
+        # completion is written with references and facts (r3d_ros.grounding), else the completion itself
+        think, answer_text = rec.think or parsed.think, rec.answer or parsed.answer_text
         reason = None
         if not parsed.format_valid:
             reason = 'format'
-        elif len(parsed.think.split()) < think_min_words:
+        elif len(think.split()) < think_min_words:
             reason = 'think_words'
-        elif len(parsed.answer_text.split()) < answer_min_words:
+        elif len(answer_text.split()) < answer_min_words:
             reason = 'answer_words'
-        elif count_steps(parsed.think) < min_steps:
+        elif count_steps(think) < min_steps:
             reason = 'steps'
-        elif require_target and not target_terms(rec, parsed.answer_text) & _tokens(last_step(parsed.think)):
+        elif require_target and not target_terms(rec, answer_text) & _tokens(last_step(think)):
             reason = 'target'
         elif reanswer is not None:
             again = reanswer(rec)
@@ -329,6 +334,7 @@ def make_dataset(out_dir: str | Path, n_scenes: int, seed: int = 0, *, workers: 
     for split in SPLITS:
         recs = [QARecord.from_dict(r) for sid in splits[split] for r in by_scene[sid]]
         split_sizes[split] = {'scenes': len(splits[split]), 'records': write_records(out_dir / f'{split}.jsonl', recs)}
+    split_sizes[PARAPHRASE_SPLIT] = write_paraphrase_split(out_dir, seed)
     stats = {'seed': seed, 'scenes': n_scenes, 'per_task': per_task, 'point_density': density,
              'num_objects': list(num_objects), 'filter': {'think_min_words': 30, 'answer_min_words': 20,
                                                           'min_steps': 3, 'min_consistency': 0.8, **filter_kwargs},
@@ -337,3 +343,12 @@ def make_dataset(out_dir: str | Path, n_scenes: int, seed: int = 0, *, workers: 
              'kept_per_task': dict(sorted(per_task_kept.items())), 'splits': split_sizes}
     (out_dir / 'stats.json').write_text(json.dumps(stats, indent=2, sort_keys=True) + '\n', encoding='utf-8')
     return stats
+
+
+def write_paraphrase_split(out_dir: str | Path, seed: int = 0) -> dict:
+    """DIR/test_paraphrase.jsonl from DIR/test.jsonl (see :mod:`r3d_ros.scenes.paraphrase`); its sizes."""
+    from r3d_ros.scenes.paraphrase import paraphrase_records
+
+    out_dir = Path(out_dir)
+    recs, unmatched = paraphrase_records(load_records(out_dir / 'test.jsonl'), seed)
+    return {'records': write_records(out_dir / f'{PARAPHRASE_SPLIT}.jsonl', recs), 'unmatched': unmatched}

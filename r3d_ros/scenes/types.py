@@ -133,6 +133,8 @@ class QARecord:
     boxes: list[dict] = field(default_factory=list)   # {'ref', 'center': [3], 'size': [3]}
     plan: list[dict] = field(default_factory=list)    # {'action', 'target', 'position': [3]}
     short_answer: str = ''        # the bare answer ('3', 'red', 'left', 'chair_4'); '' when unknown (real data)
+    objects: list[dict] = field(default_factory=list)  # every object the completion refers to: ref, label, box
+    key_fact: dict = field(default_factory=dict)       # {'fact', 'value', ('args')}: what a right answer states
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,7 +147,8 @@ class QARecord:
         return cls(scene_id=str(d['scene_id']), question=str(d['question']), cot=str(d.get('cot', '')),
                    answer=str(d.get('answer', '')), task=str(d.get('task', '')), think=str(d.get('think', '')),
                    boxes=list(d.get('boxes') or []), plan=list(d.get('plan') or []),
-                   short_answer=str(d.get('short_answer', '')))
+                   short_answer=str(d.get('short_answer', '')), objects=list(d.get('objects') or []),
+                   key_fact=dict(d.get('key_fact') or {}))
 
     @classmethod
     def from_json(cls, text: str) -> QARecord:

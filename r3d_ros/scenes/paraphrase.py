@@ -1,0 +1,78 @@
+"""Held-out wordings: the test questions asked the way a person might ask them, not the way the generator does.
+
+A model trained on the generator's templates can learn the template instead of the question. The
+``test_paraphrase`` split asks every test question again in one of these wordings (none of them occurs in
+training) with the same truth, so the key-fact accuracy on it against ``test`` measures how much of the answer
+hangs on the template. Each pattern matches one generator template (``r3d_ros.scenes.qa``) and captures its
+object / class words; an unmatched question is kept as it is (and counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+import random
+import re
+
+from r3d_ros.scenes.types import QARecord
+
+_O = r'(?P<{}>[a-z][a-z ]*?)'   # an object phrase: class words, maybe a colour first ('black desk')
+
+#: generator template -> wordings the generator never writes (fields: the template's captured phrases)
+PARAPHRASES: list[tuple[str, tuple[str, ...]]] = [
+    (rf'What color is the {_O.format("a")}\?',
+     ('Which colour does the {a} have?', 'Tell me the colour of the {a}.', 'What colour would you say the {a} is?')),
+    (rf'How tall is the {_O.format("a")}\?',
+     ('What is the height of the {a}?', 'How high does the {a} reach?', 'Give me the height of the {a}.')),
+    (rf'Which is larger, the {_O.format("a")} or the {_O.format("b")}\?',
+     ('Between the {a} and the {b}, which one is bigger?', 'Is the {a} bigger than the {b}, or the other way round?')),
+    (r'How many (?P<p>[a-z ]+?) are in the room\?',
+     ('Count the {p} you can see.', 'What is the number of {p} here?', 'How many {p} can you find?')),
+    (rf'Is there a {_O.format("a")} in the room\?',
+     ('Do you see any {a} here?', 'Can you find a {a} anywhere?', 'Does this room contain a {a}?')),
+    (rf'Imagine standing at the {_O.format("a")} and facing the {_O.format("b")}\. '
+     rf'Is the {_O.format("c")} on your left or on your right\?',
+     ('If you stood by the {a} looking toward the {b}, would the {c} be to your left or to your right?',
+      'Seen from the {a} with the {b} straight ahead, is the {c} left or right?')),
+    (rf'Imagine standing at the {_O.format("a")} and facing the {_O.format("b")}\. '
+     rf'Is the {_O.format("c")} in front of you or behind you\?',
+     ('If you stood by the {a} looking toward the {b}, would the {c} be ahead of you or behind you?',
+      'Seen from the {a} with the {b} straight ahead, is the {c} in front or behind?')),
+    (rf'Which object is closest to the {_O.format("a")}\?',
+     ('What is the nearest thing to the {a}?', 'Which object sits nearest the {a}?')),
+    (rf'What is the {_O.format("a")} standing on\?',
+     ('What surface is the {a} resting on?', 'What is underneath the {a}?', 'What holds the {a} up?')),
+    (rf'Which object is between the {_O.format("a")} and the {_O.format("b")}\?',
+     ('What lies in between the {a} and the {b}?', 'Is anything placed between the {a} and the {b}?')),
+    (rf'How far is the {_O.format("a")} from the {_O.format("b")}\?',
+     ('What is the distance between the {a} and the {b}?', 'How far apart are the {a} and the {b}?')),
+    (rf'Where is the {_O.format("a")}\?',
+     ('Locate the {a} for me.', 'Can you show me where the {a} is?', 'Find the {a}.')),
+    (rf'Go and inspect the {_O.format("a")}\.',
+     ('Please go and have a look at the {a}.', 'Could you check on the {a}?')),
+    (rf'Bring the {_O.format("a")} to the {_O.format("b")}\.',
+     ('Could you take the {a} over to the {b}?', 'Please carry the {a} to the {b}.', 'Move the {a} onto the {b}.')),
+    (rf'Put the {_O.format("a")} into the {_O.format("b")}\.',
+     ('Could you store the {a} inside the {b}?', 'Place the {a} in the {b}, please.')),
+]
+_COMPILED = [(re.compile(p + '$'), alts) for p, alts in PARAPHRASES]
+
+
+def paraphrase(question: str, rng: random.Random) -> str | None:
+    """Another wording of a generator question (its phrases kept), or None when no template matches."""
+    for pattern, alts in _COMPILED:
+        m = pattern.match(question.strip())
+        if m:
+            return rng.choice(alts).format(**m.groupdict())
+    return None
+
+
+def paraphrase_records(records: Sequence[QARecord], seed: int = 0) -> tuple[list[QARecord], int]:
+    """The records asked in held-out wordings (same truth); also how many no template matched (kept as is)."""
+    rng = random.Random(seed)
+    out, unmatched = [], 0
+    for rec in records:
+        q = paraphrase(rec.question, rng)
+        unmatched += q is None
+        out.append(replace(rec, question=q or rec.question))
+    return out, unmatched
