@@ -106,7 +106,7 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     table = run('table', *(str(tmp_path / f'{n}.json') for n in results))
     assert '| prior | grounding |' in table and '| grpo | all |' in table
     cmp = json.loads(run('compare', '--data', str(toy_dir), str(tmp_path / 'sft.json'), str(tmp_path / 'grpo.json')))
-    assert cmp['split'] == 'test' and set(cmp['metrics']) == {'Format', 'Acc@0.25', 'SemSim'}
+    assert cmp['split'] == 'test' and set(cmp['metrics']) == {'Format', 'Acc@0.25', 'SemSim', 'KeyFact'}
     assert cmp['metrics']['Format']['n'] == 4
 
     # the binding probe reads the teacher-forced <obj_k> targets; the fallback toy scenes' boxes match no proposal,

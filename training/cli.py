@@ -8,6 +8,7 @@
     r3d-train select   --data DIR --split val --out-dir results/val runs/sft/final runs/grpo/checkpoint-*
     r3d-train compare  --data DIR results/sft.json results/grpo.json     # paired: flips + significance
     r3d-train binding  --data DIR --model runs/sft/final --split val      # which object slot each <obj_k> picks
+    r3d-train ceiling  --data DIR --model runs/sft/final --split test     # what perfect references would reach
 
 Configs are YAML (``training/configs/*.yaml`` by name, or a path); ``--set a.b=value`` overrides any key.
 Under ``accelerate launch --config_file training/accelerate/<setup>.yaml -m training.cli ...`` the same
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', required=True, help='dataset directory the two runs were scored on')
     p.add_argument('--encoder', default='minilm')
     p.add_argument('--out', help='also write the comparison here (JSON)')
+
+    p = sub.add_parser('ceiling', help='object-identifier models: what perfect references and class head reach on '
+                       "the processor's proposals (box coverage at IoU 0.25, oracle key-fact accuracy)")
+    p.add_argument('--data', required=True, help='dataset directory')
+    p.add_argument('--model', required=True, help='checkpoint whose processor (proposals) to use')
+    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
+    p.add_argument('--limit', type=int, help='the first N records of the split')
+    p.add_argument('--max-points', type=int, default=16384, help='points kept per scene')
+    p.add_argument('--out', help='also write the figures here (JSON)')
 
     p = sub.add_parser('binding', help='object-identifier models: teacher-forced slot choice at each <obj_k> '
                        'target and class-head accuracy (training/probe.py)')
@@ -199,6 +209,18 @@ def main(argv: list[str] | None = None) -> int:
                'metrics': paired_comparison(records, comps[0], comps[1], args.encoder,
                                             *(read_answers(Path(p).with_suffix('.predictions.jsonl'))
                                               for p in (args.a, args.b)))}
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=2))
+    elif args.command == 'ceiling':
+        from r3d_ros.model import R3DProcessor
+        from training.data import SceneClouds, load_records, split_path
+        from training.probe import proposal_ceiling
+
+        processor = R3DProcessor.from_pretrained(args.model)
+        records = load_records(split_path(args.data, args.split), args.limit)
+        res = {'model': args.model, 'split': args.split,
+               **proposal_ceiling(processor, records, SceneClouds(args.data, args.max_points))}
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))

@@ -84,3 +84,45 @@ def binding_probe(model, processor, records: Iterable, clouds, batch_size: int =
     out['right_when_class_unique'] = (sums['right_when_class_unique'] / sums['class_unique']
                                       if n and sums['class_unique'] else float('nan'))
     return out
+
+
+def proposal_ceiling(processor, records: Iterable, clouds) -> dict:
+    """What a perfect language model could reach on these proposals (no model weights involved):
+
+    * ``box_covered``: share of asked objects (``rec.boxes``) that some proposal covers at 3D IoU >= 0.25, the
+      ceiling of Acc@0.25 for a model that can only point at proposals;
+    * ``key_fact_oracle``: key-fact accuracy per task when every reference names the best-matching proposal
+      (``refer_objects``) and the class head is right (each proposal's ground-truth class), grounded and
+      published by the reasoner's rule (``pipeline.published_status``). What is lost here is lost to
+      segmentation (objects merged, split or missed) and to colour naming, not to the model."""
+    import numpy as np
+
+    from r3d_ros.evaluation.key_facts import key_fact_correct
+    from r3d_ros.evaluation.metrics import box_iou_3d
+    from r3d_ros.output_format import Box
+    from r3d_ros.pipeline import published_status
+    from training.evaluate import answer_of_completion
+
+    covered, keys = [], {}
+    n_classes = len(processor.class_names)
+    for rec in records:
+        cloud = processor.prepare_cloud(clouds[rec.scene_id])
+        boxes = processor.object_boxes(cloud)
+        for b in rec.boxes:
+            truth = Box('t', tuple(b['center']), tuple(b['size']))
+            covered.append(max((box_iou_3d(truth, Box('p', tuple(c), tuple(s))) for c, s in boxes.values()),
+                               default=0.0) >= 0.25)
+        classes = np.asarray(cloud)[processor.num_points::processor.object_points, -1].astype(int)
+        probs = np.full((processor.num_object_tokens, n_classes), 1.0 / n_classes)
+        probs[classes >= 0] = np.eye(n_classes)[classes[classes >= 0]]
+        points = np.asarray(clouds[rec.scene_id])[:, :3]
+        grounded = processor.ground(processor.refer_objects(rec.cot, cloud, rec.objects), cloud, probs, points)
+        objects = processor.object_records(cloud, probs)
+        answer = {**answer_of_completion(grounded.text, published_status(grounded, objects, points)[0]),
+                  'facts': grounded.facts, 'objects': [o.to_dict() for o in objects]}
+        ok = key_fact_correct(rec.key_fact, answer, rec.objects, rec.plan)
+        if ok is not None:
+            for task in (rec.task, 'all'):
+                keys.setdefault(task, []).append(float(ok))
+    return {'box_covered': float(np.mean(covered)) if covered else float('nan'), 'n_boxes': len(covered),
+            'key_fact_oracle': {t: {'n': len(v), 'KeyFact': float(np.mean(v))} for t, v in sorted(keys.items())}}
