@@ -285,6 +285,19 @@ def published_status(grounded, records, points: np.ndarray) -> tuple[str, str]:
     return STATUS_OK, ''
 
 
+def grounded_answer(grounded, records, points: np.ndarray) -> dict:
+    """A grounded completion as the ``answer`` JSON the reasoner would publish for it (status by
+    :func:`published_status`; a refused answer carries no boxes, plan or facts, an ungrounded one no text):
+    what the evaluation scores and the GRPO key-fact reward reads, by the reasoner's own rule."""
+    status, message = published_status(grounded, records, points)
+    p, ok = parse_completion(grounded.text), status == STATUS_OK
+    return {'status': status, 'message': message, 'think': p.think,
+            'answer_text': '' if status == STATUS_UNGROUNDED else p.answer_text, 'facts': grounded.facts if ok else [],
+            'boxes': [{'ref': b.ref, 'center': list(b.center), 'size': list(b.size)} for b in p.boxes] if ok else [],
+            'plan': [{'action': st.action, 'target': st.target, 'position': list(st.position)} for st in p.plan]
+            if ok else [], 'objects': [r.to_dict() for r in records]}
+
+
 def _strip_special(text: str, tokenizer) -> str:
     """Drop padding/eos markers but keep the think/answer/box/plan markers the parser needs."""
     for tok in {getattr(tokenizer, 'eos_token', None), getattr(tokenizer, 'pad_token', None),

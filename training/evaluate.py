@@ -170,7 +170,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
     import torch
     from tqdm.auto import tqdm
 
-    from r3d_ros.pipeline import published_status
+    from r3d_ros.pipeline import grounded_answer
     from training.grpo import placeholder_token_ids
 
     model = model.to(device).eval()
@@ -196,12 +196,9 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
         for i, (t, r) in enumerate(zip(texts, chunk)):
             cloud, p = batch['point_clouds'][i], None if probs is None else probs[i]
             points = np.asarray(clouds[r.scene_id])[:, :3]
-            records = processor.object_records(cloud, p)
             g = processor.ground(t, cloud, p, map_points=points)
-            status, _ = published_status(g, records, points)   # what the reasoner would publish it as
             out.append(g.text)
-            answers.append({**answer_of_completion(g.text, status), 'facts': g.facts,
-                            'objects': [o.to_dict() for o in records]})
+            answers.append(grounded_answer(g, processor.object_records(cloud, p), points))  # as the reasoner would
     return raw, out, answers
 
 

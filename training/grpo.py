@@ -71,7 +71,7 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from r3d_ros.model.tokenizer import OBJECT_REF
-from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, parse_completion
+from r3d_ros.output_format import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN
 from training.config import last_checkpoint, make_log_callback, make_processor_saver
 from training.data import SceneClouds, grpo_rows, load_records, split_path, to_dataset
 from training.modeling import enable_trl_fused_head, load_model_and_processor, save_model
@@ -319,8 +319,13 @@ class SceneGRPOTrainer(GRPOTrainer):
         return texts
 
     def _ground(self, text: str, cloud, probs) -> str:
-        grounded = self.scene_processor.ground(text, cloud, probs)
-        self.grounded[grounded.text] = answer_of(grounded, self.scene_processor.object_records(cloud, probs))
+        from r3d_ros.pipeline import grounded_answer
+
+        proc = self.scene_processor
+        rows = cloud.detach().float().cpu().numpy() if hasattr(cloud, 'detach') else cloud
+        points = rows[:proc.num_points, :3]   # the scene points the model reads: free space for approach points
+        grounded = proc.ground(text, cloud, probs, map_points=points)
+        self.grounded[grounded.text] = grounded_answer(grounded, proc.object_records(cloud, probs), points)
         while len(self.grounded) > 4096:
             self.grounded.pop(next(iter(self.grounded)))
         return grounded.text
@@ -419,15 +424,6 @@ class SceneGRPOTrainer(GRPOTrainer):
                                             None if head.bias is None else head.bias.float())
         logps = torch.log_softmax(logits / self.temperature, dim=-1)
         return logps[:, self._slot_ids.to(logps.device)]
-
-
-def answer_of(grounded, records) -> dict:
-    """A grounded completion as the reasoner's answer dict (what ``key_facts.key_fact_correct`` reads)."""
-    parsed = parse_completion(grounded.text)
-    return {'status': 'ok' if grounded.ok else 'ungrounded', 'facts': grounded.facts,
-            'boxes': [{'ref': b.ref, 'center': list(b.center), 'size': list(b.size)} for b in parsed.boxes],
-            'plan': [{'action': st.action, 'target': st.target, 'position': list(st.position)} for st in parsed.plan],
-            'objects': [r.to_dict() for r in records]}
 
 
 def _unwrapped(model):

@@ -100,8 +100,7 @@ def proposal_ceiling(processor, records: Iterable, clouds) -> dict:
     from r3d_ros.evaluation.key_facts import key_fact_correct
     from r3d_ros.evaluation.metrics import box_iou_3d
     from r3d_ros.output_format import Box
-    from r3d_ros.pipeline import published_status
-    from training.evaluate import answer_of_completion
+    from r3d_ros.pipeline import grounded_answer
 
     covered, keys = [], {}
     n_classes = len(processor.class_names)
@@ -117,9 +116,7 @@ def proposal_ceiling(processor, records: Iterable, clouds) -> dict:
         probs[classes >= 0] = np.eye(n_classes)[classes[classes >= 0]]
         points = np.asarray(clouds[rec.scene_id])[:, :3]
         grounded = processor.ground(processor.refer_objects(rec.cot, cloud, rec.objects), cloud, probs, points)
-        objects = processor.object_records(cloud, probs)
-        answer = {**answer_of_completion(grounded.text, published_status(grounded, objects, points)[0]),
-                  'facts': grounded.facts, 'objects': [o.to_dict() for o in objects]}
+        answer = grounded_answer(grounded, processor.object_records(cloud, probs), points)
         ok = key_fact_correct(rec.key_fact, answer, rec.objects, rec.plan)
         if ok is not None:
             for task in (rec.task, 'all'):
