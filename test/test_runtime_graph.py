@@ -7,6 +7,7 @@ selected views on `selected_views`. Then the busy and cancel paths, with the nod
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 import time
@@ -128,6 +129,12 @@ def test_questions_in_answers_groundings_and_plans_out(graph, ros_node):
         latched = ros_node.wait_for_message('scene_objects', String, qos=MAP_QOS, timeout=10)
         last = json.loads(latched.data)
         assert last['id'] == 'c1' and last['objects'] == results['c1']['objects'] and last['frame_id'] == 'map'
+        if importlib.util.find_spec('r3d_interfaces') is not None:   # ... and typed, where the interfaces are built
+            from r3d_interfaces.msg import SceneObjects
+
+            typed = ros_node.wait_for_message('scene_objects/typed', SceneObjects, qos=MAP_QOS, timeout=10)
+            assert typed.header.frame_id == 'map'
+            assert [(o.id, o.color) for o in typed.objects] == [(o['id'], o['color']) for o in last['objects']]
     # plans reach `plan` only when they passed validation
     for msg in plans.messages:
         plan = json.loads(msg.data)

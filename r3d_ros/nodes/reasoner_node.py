@@ -15,7 +15,8 @@ Publishes: ``answer`` (JSON result), ``answer_text``, ``answer_stream`` (token p
 ``grounding`` (MarkerArray, cleared first), ``plan`` (validated steps, JSON), ``plan_path`` (Path),
 ``selected_views`` (PoseArray) and ``selected_views/frustums`` (MarkerArray), ``diagnostics``, and
 ``scene_objects`` (reliable, transient-local: the object records the last answer was grounded on, JSON
-``{"id", "frame_id", "stamp", "objects": [...]}``; a late subscriber gets the latest at once).
+``{"id", "frame_id", "stamp", "objects": [...]}``; a late subscriber gets the latest at once), and the same
+as ``r3d_interfaces/SceneObjects`` on ``scene_objects/typed`` where the interfaces are built.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from r3d_ros.nodes.ask_action import AskActionServer
+from r3d_ros.nodes.ask_action import AskActionServer, scene_object_to_msg
 from r3d_ros.nodes.common import MAP_QOS, describe, run_lifecycle_node
 from r3d_ros.nodes.conversions import matrix_to_pose
 from r3d_ros.pipeline import (
@@ -129,6 +130,14 @@ class ReasonerNode(LifecycleNode):
             # latched like the map: the records every published fact was read off, for any late subscriber
             'scene_objects': self.create_lifecycle_publisher(String, 'scene_objects', MAP_QOS),
         }
+        try:  # the same records typed, where r3d_interfaces is built
+            from r3d_interfaces.msg import SceneObjects
+
+            self._pubs['scene_objects_typed'] = self.create_lifecycle_publisher(SceneObjects, 'scene_objects/typed',
+                                                                                MAP_QOS)
+            self._scene_objects_type = SceneObjects
+        except ImportError:
+            pass
         self._queue = queue.Queue(maxsize=p('queue_size'))
         # map decoding and query intake run in their own groups so a big map never delays a query
         self._subs = [
@@ -292,6 +301,10 @@ class ReasonerNode(LifecycleNode):
             self._pubs['scene_objects'].publish(String(data=json.dumps({
                 'id': result.id, 'frame_id': frame, 'stamp': stamp.sec + stamp.nanosec * 1e-9,
                 'objects': payload['objects']})))
+            if 'scene_objects_typed' in self._pubs:
+                typed = self._scene_objects_type(objects=[scene_object_to_msg(o) for o in payload['objects']])
+                typed.header.frame_id, typed.header.stamp = frame, stamp
+                self._pubs['scene_objects_typed'].publish(typed)
         markers = MarkerArray(markers=[Marker(action=Marker.DELETEALL, ns='r3d_grounding')])
         for i, box in enumerate(result.boxes):
             markers.markers += _box_markers(box, i, frame, stamp)
