@@ -308,10 +308,28 @@ def _class_words(scene: Scene) -> re.Pattern:
     return re.compile(rf'\b(?P<word>{alt})\s+<(?P<id>[a-z][a-z_]*_\d+)>')
 
 
-def ground(text: str, scene: Scene) -> Grounded:
-    """Fill in ``text``'s boxes, plan steps, facts and references from ``scene`` (see the module docstring)."""
+def asked_classes(question: str, classes) -> list[str]:
+    """The classes ``question`` names (singular or plural, whole words; 'trash can' before 'can'), in order."""
+    q, found = f' {re.sub(r"[^a-z ]", " ", question.lower())} ', []
+    for c in sorted(set(classes), key=lambda c: -len(label_text(c))):
+        for word in (plural(c), label_text(c)):
+            if f' {word} ' in q:
+                found.append((q.index(f' {word} '), c))
+                q = q.replace(f' {word} ', ' ' + '#' * len(word) + ' ')
+    return [c for _, c in sorted(found)]
+
+
+def ground(text: str, scene: Scene, question: str | None = None) -> Grounded:
+    """Fill in ``text``'s boxes, plan steps, facts and references from ``scene`` (see the module docstring).
+
+    With the ``question``, a class argument (``[count chair]``, ``[exists lamp]``) is the class the question
+    asks about: when the model wrote a class the question does not name and the question names exactly one,
+    that one is counted (copying a noun is where a small model slips; a robot asked "how many tables" must
+    be told the number of tables). Without it, or when the question names none or several, the model's
+    class stands."""
     out = Grounded(text='')
     refs: list[str] = []
+    asked = asked_classes(question, scene.classes or {r.label for r in scene.records.values()}) if question else []
 
     def note(ref_id: str) -> ObjectRecord | None:
         try:
@@ -350,6 +368,9 @@ def ground(text: str, scene: Scene) -> Grounded:
 
     def fact(m: re.Match) -> str:
         args = m['args'].split()
+        kinds = FACTS.get(m['name'], ('',))[0]
+        if len(asked) == 1 and len(args) == len(kinds):
+            args = [asked[0] if k == 'l' and a not in asked else a for k, a in zip(kinds, args)]
         try:
             for a in args:
                 if REF.fullmatch(a):

@@ -113,9 +113,10 @@ class ScenePipeline:
     """View selection + 3D-R1 generation + parsing + plan validation for one question on one map."""
 
     def __init__(self, model, processor, selector=None, device: str = 'cpu', num_views: int = 6,
-                 max_new_tokens: int = 256, max_question_chars: int = 2000):
+                 max_new_tokens: int = 256, max_question_chars: int = 2000, regenerations: int = 2):
         self.model, self.processor, self.selector = model, processor, selector
         self.device, self.num_views = device, num_views
+        self.regenerations = regenerations   # sampled retries of a refused (ungrounded / invalid plan) answer
         self.max_new_tokens, self.max_question_chars = max_new_tokens, max_question_chars
         self.model_path = ''
         self._lock = threading.Lock()  # one generation at a time per model
@@ -185,9 +186,6 @@ class ScenePipeline:
         return result
 
     def _run(self, points, colors, question, result, stop_event, on_text) -> None:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
         t = time.perf_counter()
         views_rgb = views_depth = None
         if self.selector is not None:
@@ -209,27 +207,26 @@ class ScenePipeline:
         batch = {k: (v.to(self.device) if hasattr(v, 'to') else v) for k, v in batch.items()}
         result.timings['preprocess_s'] = time.perf_counter() - t
 
-        class _Cancel(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kw):
-                return torch.full((input_ids.shape[0],), bool(stop_event is not None and stop_event.is_set()),
-                                  dtype=torch.bool, device=input_ids.device)
-
         tokenizer = getattr(self.processor, 'tokenizer', self.processor)
         streamer = _TokenCallbackStreamer(tokenizer, on_text) if on_text is not None else None
-        t = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      stopping_criteria=StoppingCriteriaList([_Cancel()]), streamer=streamer)
-        result.timings['generate_s'] = time.perf_counter() - t
-        new_tokens = out[0, batch['input_ids'].shape[1]:]
-        result.timings['new_tokens'] = int(new_tokens.numel())
-        if stop_event is not None and stop_event.is_set():
-            result.status, result.message = STATUS_CANCELLED, 'cancelled while decoding'
-        text = _strip_special(self.processor.batch_decode(new_tokens[None])[0], tokenizer)
-        result.raw = text
-        t = time.perf_counter()
-        text = self._ground(text, batch['point_clouds'], points, result)
-        result.timings['grounding_s'] = time.perf_counter() - t
+        timings = result.timings
+        timings['generate_s'] = timings['grounding_s'] = 0.0
+        for attempt in range(1 + self.regenerations):
+            # greedy first; a refused answer (ungrounded, invalid plan) is decoded again with sampling, seeded so
+            # that the same question on the same map gets the same retries
+            t = time.perf_counter()
+            text, n_tokens = self._decode(batch, stop_event, streamer if attempt == 0 else None, attempt or None)
+            timings['generate_s'] += time.perf_counter() - t
+            timings['new_tokens'], timings['regenerations'] = n_tokens, attempt
+            result.raw, result.status, result.message = text, STATUS_OK, ''
+            if stop_event is not None and stop_event.is_set():
+                result.status, result.message = STATUS_CANCELLED, 'cancelled while decoding'
+                break
+            t = time.perf_counter()
+            text = self._ground(text, batch['point_clouds'], points, question, result)
+            timings['grounding_s'] += time.perf_counter() - t
+            if result.status == STATUS_OK:
+                break
         parsed = parse_completion(text)
         result.think, result.answer = parsed.think, parsed.answer
         result.answer_text, result.plan = parsed.answer_text, parsed.plan
@@ -237,7 +234,27 @@ class ScenePipeline:
         result.boxes = [Box(b.ref, b.center, b.size, category=labels.get(b.ref, '')) for b in parsed.boxes]
         result.format_valid = parsed.format_valid
 
-    def _ground(self, text: str, clouds, points: np.ndarray, result: PipelineResult) -> str:
+    def _decode(self, batch, stop_event, streamer, seed: int | None = None) -> tuple[str, int]:
+        """One completion (greedy, or sampled with ``seed``; markers kept, pad/eos dropped) and its length."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return torch.full((input_ids.shape[0],), bool(stop_event is not None and stop_event.is_set()),
+                                  dtype=torch.bool, device=input_ids.device)
+
+        sampling = {'do_sample': False} if seed is None else {'do_sample': True, 'temperature': 0.7, 'top_p': 0.95}
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, **sampling,
+                                      stopping_criteria=StoppingCriteriaList([_Cancel()]), streamer=streamer)
+        new_tokens = out[0, batch['input_ids'].shape[1]:]
+        tokenizer = getattr(self.processor, 'tokenizer', self.processor)
+        return _strip_special(self.processor.batch_decode(new_tokens[None])[0], tokenizer), int(new_tokens.numel())
+
+    def _ground(self, text: str, clouds, points: np.ndarray, question: str, result: PipelineResult) -> str:
         """Fill the completion's references and facts in from the map's object records (``r3d_ros.grounding``)
         and decide its status (:func:`published_status`); a model without object identifiers writes its
         numbers itself and is passed through."""
@@ -247,7 +264,7 @@ class ScenePipeline:
         cloud, probs = clouds[0], (None if probs is None else probs[0])
         records = self.processor.object_records(cloud, probs)
         result.objects = [r.to_dict() for r in records]
-        grounded = self.processor.ground(text, cloud, probs, map_points=points)
+        grounded = self.processor.ground(text, cloud, probs, map_points=points, question=question)
         result.facts = grounded.facts
         if result.status == STATUS_OK:
             result.status, result.message = published_status(grounded, records, points)
@@ -275,7 +292,7 @@ def published_status(grounded, records, points: np.ndarray) -> tuple[str, str]:
     has_plan = '<plan>' in grounded.text
     if not grounded.ok:
         status = STATUS_INVALID_PLAN if has_plan else STATUS_UNGROUNDED
-        return status, 'answer refers to what the map does not have: ' + '; '.join(grounded.errors)
+        return status, 'answer not grounded on the map: ' + '; '.join(grounded.errors)
     plan = parse_completion(grounded.text).plan
     if has_plan or plan:
         objects = {r.id: Box(r.id, tuple(r.center), tuple(r.size)) for r in records}

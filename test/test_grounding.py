@@ -126,3 +126,15 @@ def test_key_fact_and_consistency_by_hand():
     assert consistency({**answer, 'objects': objects}, points) == pytest.approx(2 / 4)
     assert consistency({**answer, 'answer_text': p.answer_text.replace('0.4 m', '0.9 m')}, points) == \
         pytest.approx(3 / 4)
+
+
+def test_a_count_counts_the_class_the_question_asks_about():
+    _, scene, _ = _room(extra_chair=True)
+    text = '<think>a</think><answer>There [count lamp]. [exists sofa].</answer>'
+    assert G.asked_classes('How many chairs are in the room?', CLASSES) == ['chair']
+    g = G.ground(text, scene, question='How many chairs are in the room?')
+    assert g.ok and [(f['fact'], f['args'], f['value']) for f in g.facts] == [('count', ['chair'], 2),
+                                                                              ('exists', ['chair'], 'yes')]
+    # a question naming several classes (or none) leaves the model's class as written
+    g = G.ground(text, scene, question='Is the lamp on the chair?')
+    assert [f['args'] for f in g.facts] == [['lamp'], ['sofa']]

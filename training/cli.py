@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    'data.max_points)')
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--max-new-tokens', type=int, default=256)
+    p.add_argument('--regenerations', type=int, default=0,
+                   help="sampled retries of refused answers (the reasoner's default: 2)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--encoder', default='minilm', help="semantic-similarity encoder ('minilm', a path, clip:PATH)")
     p.add_argument('--swap-scenes', action='store_true',
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    'data.max_points)')
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--max-new-tokens', type=int, default=512)
+    p.add_argument('--regenerations', type=int, default=0,
+                   help="sampled retries of refused answers (the reasoner's default: 2)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--encoder', default='minilm')
     p.add_argument('--link', help='make this path a symlink to the chosen checkpoint')
@@ -173,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
             clouds = _Swapped(clouds, other)
         res = evaluate(records, clouds, None if args.prior else args.model, train,
                        args.batch_size, args.max_new_tokens, args.device, args.encoder,
-                       predictions_path=out.with_suffix('.predictions.jsonl'))
+                       predictions_path=out.with_suffix('.predictions.jsonl'), regenerations=args.regenerations)
         from training.evaluate import _metrics_module
 
         impl = 'r3d_ros.evaluation.metrics' if _metrics_module() is not None else 'training.evaluate (fallback)'
         out.write_text(json.dumps({'name': name, 'data': str(args.data), 'split': args.split,
                                    'model': args.model, 'metrics': impl, 'swap_scenes': args.swap_scenes,
+                                   'regenerations': args.regenerations,
                                    'results': res}, indent=2))
         print(markdown_table({name: res}))
     elif args.command == 'select':
@@ -187,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
         records = load_records(split_path(args.data, args.split), args.limit)
         best = select_checkpoint(args.checkpoints, records, SceneClouds(args.data, args.max_points), args.out_dir,
-                                 args.batch_size, args.max_new_tokens, args.device, args.encoder)
+                                 args.batch_size, args.max_new_tokens, args.device, args.encoder,
+                                 regenerations=args.regenerations)
         if args.link:
             link = Path(args.link)
             if link.is_symlink() or link.exists():

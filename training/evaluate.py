@@ -163,49 +163,68 @@ def prior_completions(train: Sequence[QARecord], records: Sequence[QARecord]) ->
 
 
 def generate_completions(model, processor, records: Sequence[QARecord], clouds, batch_size: int = 16,
-                         max_new_tokens: int = 256, device: str = 'cpu', progress: bool = True
-                         ) -> tuple[list[str], list[str], list[dict]]:
-    """Greedy completions (the runtime's decoding) for ``records``, batched, left-padded: (as the model wrote
-    them, grounded on the scene's object records as the reasoner publishes them, the grounded answer dicts)."""
-    import torch
+                         max_new_tokens: int = 256, device: str = 'cpu', progress: bool = True,
+                         regenerations: int = 0) -> tuple[list[str], list[str], list[dict]]:
+    """Completions decoded as the reasoner decodes them, batched, left-padded: (as the model wrote them, grounded
+    on the scene's object records, the answer dicts the reasoner would publish). Greedy first; the refused ones
+    (ungrounded, invalid plan) are sampled again up to ``regenerations`` times, as the reasoner retries them
+    (its ``regenerations`` parameter; batched here, so the samples are not the node's bit for bit)."""
     from tqdm.auto import tqdm
+
+    n = len(records)
+    raw, out, answers = [''] * n, [''] * n, [{}] * n
+    todo = list(range(n))
+    for attempt in range(1 + regenerations):
+        for s in tqdm(range(0, len(todo), batch_size), desc='generate' if not attempt else f'retry {attempt}',
+                      disable=not progress):
+            idx = todo[s:s + batch_size]
+            decoded = _decode_batch(model, processor, [records[i] for i in idx], clouds, max_new_tokens, device,
+                                    attempt or None)
+            for i, (r, g, a) in zip(idx, decoded):
+                raw[i], out[i], answers[i] = r, g, a
+        todo = [i for i in todo if answers[i].get('status', 'ok') != 'ok']
+        if not todo or not getattr(processor, 'object_refs', False):
+            break
+    return raw, out, answers
+
+
+def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_tokens: int, device: str,
+                  seed: int | None) -> list[tuple[str, str, dict]]:
+    """One batch, greedy (``seed`` None) or sampled: per record (as written, grounded, the published answer)."""
+    import torch
 
     from r3d_ros.pipeline import grounded_answer
     from training.grpo import placeholder_token_ids
 
     model = model.to(device).eval()
-    suppress = placeholder_token_ids(model)   # a completion never contains encoder placeholders
-    raw: list[str] = []
-    out: list[str] = []
-    answers: list[dict] = []
-    starts = range(0, len(records), batch_size)
-    for s in tqdm(starts, desc='generate', disable=not progress):
-        chunk = records[s:s + batch_size]
-        batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.no_grad():
-            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress)
-        texts = processor.batch_decode(ids[:, batch['input_ids'].shape[1]:])
-        raw += texts
-        if not getattr(processor, 'object_refs', False):
-            out += texts
-            answers += [answer_of_completion(t) for t in texts]
-            continue
-        probs = model.object_class_probs(batch['point_clouds'])
-        for i, (t, r) in enumerate(zip(texts, chunk)):
-            cloud, p = batch['point_clouds'][i], None if probs is None else probs[i]
-            points = np.asarray(clouds[r.scene_id])[:, :3]
-            g = processor.ground(t, cloud, p, map_points=points)
-            out.append(g.text)
-            answers.append(grounded_answer(g, processor.object_records(cloud, p), points))  # as the reasoner would
-    return raw, out, answers
+    batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    sampling = {'do_sample': False} if seed is None else {'do_sample': True, 'temperature': 0.7, 'top_p': 0.95}
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, **sampling,
+                             pad_token_id=processor.tokenizer.pad_token_id,
+                             suppress_tokens=placeholder_token_ids(model))  # never an encoder placeholder
+    texts = processor.batch_decode(ids[:, batch['input_ids'].shape[1]:])
+    if not getattr(processor, 'object_refs', False):
+        return [(t, t, answer_of_completion(t)) for t in texts]
+    probs = model.object_class_probs(batch['point_clouds'])
+    out = []
+    for i, (t, r) in enumerate(zip(texts, chunk)):
+        cloud, p = batch['point_clouds'][i], None if probs is None else probs[i]
+        points = np.asarray(clouds[r.scene_id])[:, :3]
+        g = processor.ground(t, cloud, p, map_points=points, question=r.question)
+        out.append((t, g.text, grounded_answer(g, processor.object_records(cloud, p), points)))
+    return out
 
 
 def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | None = None,
              train_records: Sequence[QARecord] | None = None, batch_size: int = 16, max_new_tokens: int = 256,
-             device: str = 'cpu', encoder: str = 'minilm', predictions_path: str | Path | None = None) -> dict:
-    """Score a checkpoint (``model_path``) or, without one, the answer-prior baseline (needs ``train_records``)."""
+             device: str = 'cpu', encoder: str = 'minilm', predictions_path: str | Path | None = None,
+             regenerations: int = 0) -> dict:
+    """Score a checkpoint (``model_path``) or, without one, the answer-prior baseline (needs ``train_records``);
+    ``regenerations``: sampled retries of refused answers, as the reasoner's parameter of that name."""
     if model_path is None:
         completions = prior_completions(train_records or [], records)
         raw, answers, with_format = completions, [answer_of_completion(c) for c in completions], False
@@ -215,7 +234,7 @@ def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | 
         model = R3DForConditionalGeneration.from_pretrained(str(model_path))
         processor = R3DProcessor.from_pretrained(str(model_path))
         raw, completions, answers = generate_completions(model, processor, records, clouds, batch_size,
-                                                         max_new_tokens, device)
+                                                         max_new_tokens, device, regenerations=regenerations)
         with_format = True
     if predictions_path is not None:
         with open(predictions_path, 'w', encoding='utf-8') as f:
@@ -239,7 +258,7 @@ def selection_score(res: dict) -> float:
 
 def select_checkpoint(checkpoints: Sequence[str | Path], records: Sequence[QARecord], clouds, out_dir: str | Path,
                       batch_size: int = 16, max_new_tokens: int = 512, device: str = 'cpu',
-                      encoder: str = 'minilm') -> str:
+                      encoder: str = 'minilm', regenerations: int = 0) -> str:
     """Greedy-decode ``records`` (a val split) with every checkpoint, score them, and return the one with the
     highest :func:`selection_score` (ties go to the earlier candidate, so list the SFT model first: GRPO must
     beat it to be chosen). Writes ``<out_dir>/<i>.json`` per candidate and ``<out_dir>/selection.json``."""
@@ -248,7 +267,7 @@ def select_checkpoint(checkpoints: Sequence[str | Path], records: Sequence[QARec
     rows = []
     for i, ckpt in enumerate(checkpoints):
         res = evaluate(records, clouds, ckpt, None, batch_size, max_new_tokens, device, encoder,
-                       predictions_path=out / f'{i}.predictions.jsonl')
+                       predictions_path=out / f'{i}.predictions.jsonl', regenerations=regenerations)
         (out / f'{i}.json').write_text(json.dumps({'name': str(ckpt), 'results': res}, indent=2))
         row = {'checkpoint': str(ckpt), 'score': selection_score(res),
                **{k: res.get('all', {}).get(k) for k in (*SELECT_METRICS, 'Acc@0.5', 'EM', 'CIDEr')}}

@@ -301,7 +301,7 @@ class SceneGRPOTrainer(GRPOTrainer):
         return {'slot_positions': positions, 'slot_rewards': rewards.to(ids.device),
                 'slot_scale': per_row.to(ids.device, torch.float32)}
 
-    def completion_texts(self, completion_ids, clouds=None) -> list[str]:
+    def completion_texts(self, completion_ids, clouds=None, questions=None) -> list[str]:
         """Completions as the rewards read them: grammar markers kept, pad/eos dropped, and (object-identifier
         models) grounded on the slots' object records (``R3DProcessor.ground``: references, facts, boxes and plan
         steps filled in); the ids stay as sampled. Each grounded completion's answer (facts, boxes, plan, records,
@@ -314,17 +314,18 @@ class SceneGRPOTrainer(GRPOTrainer):
         texts = [x.strip() for x in texts]
         if getattr(self.scene_processor, 'object_refs', False) and clouds is not None:
             probs = _unwrapped(self.model).object_class_probs(clouds)
-            texts = [self._ground(t, c, None if probs is None else probs[i])
+            questions = questions or [None] * len(texts)
+            texts = [self._ground(t, c, None if probs is None else probs[i], questions[i])
                      for i, (t, c) in enumerate(zip(texts, clouds))]
         return texts
 
-    def _ground(self, text: str, cloud, probs) -> str:
+    def _ground(self, text: str, cloud, probs, question: str | None = None) -> str:
         from r3d_ros.pipeline import grounded_answer
 
         proc = self.scene_processor
         rows = cloud.detach().float().cpu().numpy() if hasattr(cloud, 'detach') else cloud
         points = rows[:proc.num_points, :3]   # the scene points the model reads: free space for approach points
-        grounded = proc.ground(text, cloud, probs, map_points=points)
+        grounded = proc.ground(text, cloud, probs, map_points=points, question=question)
         self.grounded[grounded.text] = grounded_answer(grounded, proc.object_records(cloud, probs), points)
         while len(self.grounded) > 4096:
             self.grounded.pop(next(iter(self.grounded)))
@@ -336,7 +337,8 @@ class SceneGRPOTrainer(GRPOTrainer):
 
     def _generate(self, prompts):
         out = list(super()._generate(prompts))
-        out[3] = self.completion_texts(out[1], self._scene_inputs.get('point_clouds'))
+        questions = [self.scene_processor.question_of(p if isinstance(p, str) else str(p)) for p in prompts]
+        out[3] = self.completion_texts(out[1], self._scene_inputs.get('point_clouds'), questions)
         return tuple(out)
 
     def _compute_loss(self, model, inputs):

@@ -5,9 +5,11 @@
 #   sft     tiny_sft_pointer (3 epochs, 1,344 steps; object tokens whose boxes are referred to as <obj_k>, picked
 #           by the slot pointer)
 #   grpo    tiny_grpo_pointer from the SFT model (30 steps x 16 prompts, a checkpoint every 10)
-#   select  the SFT model and every GRPO checkpoint, greedy-decoded on the first 224 val records; the highest
-#           Format + Acc@0.25 + SemSim wins (the SFT model first: GRPO has to beat it to be chosen)
-#   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint) on the test split; the table
+#   select  the SFT model and every GRPO checkpoint, decoded as the reasoner decodes (greedy, 2 sampled retries of a
+#           refused answer) on the first 224 val records; the highest Format + Acc@0.25 + SemSim + KeyFact wins (the
+#           SFT model first: GRPO has to beat it to be chosen)
+#   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint) on the test split, SFT + GRPO on the
+#           paraphrased test questions, and the proposals' ceiling; the table
 #   ship    the selected model -> r3d_ros/assets/r3d_tiny, result JSONs -> training/results/
 # Usage: bash training/make_embedded_model.sh [data|sft|grpo|select|test|ship]...   (default: all, in order)
 set -euo pipefail
@@ -16,6 +18,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 bin=.venv/bin
 data=data/embedded sft=runs/sft_pointer grpo=runs/grpo_pointer
 points=(--max-points 16384)   # the scene clouds the SFT and GRPO configs train on (data.max_points)
+decode=(--max-new-tokens 512 --regenerations 2 "${points[@]}")   # as the reasoner runs (config/reasoner.yaml)
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(data sft grpo select test ship)
 t() { local s=$SECONDS; "$@"; echo "[$(date +%T)] $* : $((SECONDS - s)) s" >&2; }
@@ -24,23 +27,26 @@ for stage in "${stages[@]}"; do
     data)   t $bin/r3d-make-data --scenes 320 --out $data --no-progress ;;
     sft)    t $bin/r3d-train sft  --config tiny_sft_pointer --data $data --output-dir $sft ;;
     grpo)   t $bin/r3d-train grpo --config tiny_grpo_pointer --data $data --model $sft/final --output-dir $grpo ;;
-    select) t $bin/r3d-train select --data $data --split val --limit 224 "${points[@]}" --out-dir results/val \
+    select) t $bin/r3d-train select --data $data --split val --limit 224 "${decode[@]}" --out-dir results/val \
                 --link $grpo/selected $sft/final $(ls -d $grpo/checkpoint-* | sort -t- -k2 -n) ;;
     test)
       mkdir -p results
       t $bin/r3d-train evaluate --data $data --prior --name "answer prior" --out results/prior.json
-      t $bin/r3d-train evaluate --data $data --model $sft/final --name "SFT only" --max-new-tokens 512 "${points[@]}" \
-          --out results/sft.json
-      t $bin/r3d-train evaluate --data $data --model $grpo/selected --name "SFT + GRPO" --max-new-tokens 512 "${points[@]}" \
+      t $bin/r3d-train evaluate --data $data --model $sft/final --name "SFT only" "${decode[@]}" --out results/sft.json
+      t $bin/r3d-train evaluate --data $data --model $grpo/selected --name "SFT + GRPO" "${decode[@]}" \
           --out results/grpo.json
-      $bin/r3d-train table results/prior.json results/sft.json results/grpo.json | tee results/table.md ;;
+      t $bin/r3d-train evaluate --data $data --split test_paraphrase --model $grpo/selected \
+          --name "SFT + GRPO, paraphrased" "${decode[@]}" --out results/grpo_paraphrase.json
+      t $bin/r3d-train ceiling --data $data --model $grpo/selected --split test "${points[@]}" --out results/ceiling.json
+      $bin/r3d-train table results/prior.json results/sft.json results/grpo.json results/grpo_paraphrase.json \
+          | tee results/table.md ;;
     ship)
       rm -rf r3d_ros/assets/r3d_tiny && mkdir -p r3d_ros/assets/r3d_tiny training/results
       cp $grpo/selected/{config.json,generation_config.json,model.safetensors,r3d_processor.json} \
          $grpo/selected/{tokenizer.json,tokenizer_config.json,chat_template.jinja} r3d_ros/assets/r3d_tiny/
       realpath --relative-to=. $grpo/selected > r3d_ros/assets/r3d_tiny/SOURCE   # which checkpoint this is
-      cp results/prior.json results/sft.json results/grpo.json results/table.md results/val/selection.json \
-         training/results/ ;;
+      cp results/prior.json results/sft.json results/grpo.json results/grpo_paraphrase.json results/ceiling.json \
+         results/table.md results/val/selection.json training/results/ ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

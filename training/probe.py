@@ -115,7 +115,8 @@ def proposal_ceiling(processor, records: Iterable, clouds) -> dict:
         probs = np.full((processor.num_object_tokens, n_classes), 1.0 / n_classes)
         probs[classes >= 0] = np.eye(n_classes)[classes[classes >= 0]]
         points = np.asarray(clouds[rec.scene_id])[:, :3]
-        grounded = processor.ground(processor.refer_objects(rec.cot, cloud, rec.objects), cloud, probs, points)
+        grounded = processor.ground(processor.refer_objects(rec.cot, cloud, rec.objects), cloud, probs, points,
+                                    rec.question)
         answer = grounded_answer(grounded, processor.object_records(cloud, probs), points)
         ok = key_fact_correct(rec.key_fact, answer, rec.objects, rec.plan)
         if ok is not None:

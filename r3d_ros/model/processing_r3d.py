@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 
 import numpy as np
 import torch
@@ -156,6 +157,14 @@ class R3DProcessor:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return f'{SYSTEM}{SYSTEM_PROMPT}{USER}{user}{ASSISTANT}'  # a tokenizer saved without a template
 
+    @staticmethod
+    def question_of(prompt: str) -> str:
+        """The question inside a :meth:`prompt` text: after the last placeholder, before the next role marker."""
+        rest = prompt
+        for mark in (SCENE, VIEW, DEPTH):
+            rest = rest.rsplit(mark, 1)[-1] if mark in rest else rest
+        return re.split(r'<\|[a-z_]+\|>', rest, maxsplit=1)[0].strip()
+
     def _images(self, views, depths, n_views):
         b = len(views)
         size = self.image_size
@@ -266,13 +275,14 @@ class R3DProcessor:
             class_probs = class_probs.detach().float().cpu().numpy()
         return records_from_slots(self.object_slots(cloud), class_probs, self.class_names)
 
-    def ground(self, completion: str, cloud, class_probs=None, map_points=None):
+    def ground(self, completion: str, cloud, class_probs=None, map_points=None, question: str | None = None):
         """The completion with its references, facts, boxes and plan steps filled in from the object records
-        (``r3d_ros.grounding.ground``); ``map_points`` (N, 3+) let plan steps check free space."""
+        (``r3d_ros.grounding.ground``); ``map_points`` (N, 3+) let plan steps check free space; ``question``
+        lets class arguments be the asked class."""
         from r3d_ros import grounding
 
         scene = grounding.Scene.of(self.object_records(cloud, class_probs), map_points, classes=self.class_names)
-        return grounding.ground(completion, scene)
+        return grounding.ground(completion, scene, question)
 
     def refer_objects(self, completion: str, cloud, objects: list[dict]) -> str:
         """A training target with each ground-truth reference ``<ref>`` of ``objects`` ({'ref', 'center', 'size'})

@@ -83,6 +83,9 @@ class ReasonerNode(LifecycleNode):
                                                        read_only=True))
         self.declare_parameter('num_views', 6, describe('Views selected per question (paper: 6)', ints=(0, 32)))
         self.declare_parameter('max_new_tokens', 512, describe('Decoding budget per answer', ints=(8, 4096)))
+        self.declare_parameter('regenerations', 2, describe('Sampled retries of an answer refused as ungrounded or '
+                                                            'with an invalid plan (0: the greedy answer only)',
+                                                            ints=(0, 8)))
         self.declare_parameter('queue_size', 4, describe('Queries waiting for the model before "busy"',
                                                       ints=(1, 256), read_only=True))
         self.declare_parameter('max_query_chars', 2000, describe('Longer questions are refused', ints=(1, 100_000)))
@@ -111,7 +114,8 @@ class ReasonerNode(LifecycleNode):
         try:
             self.pipeline = ScenePipeline.from_pretrained(
                 p('model_path') or None, device=p('device'), num_views=p('num_views'),
-                max_new_tokens=p('max_new_tokens'), max_question_chars=p('max_query_chars'))
+                max_new_tokens=p('max_new_tokens'), max_question_chars=p('max_query_chars'),
+                regenerations=p('regenerations'))
             self.get_logger().info(f'model loaded from {self.pipeline.model_path} on {self.pipeline.device}')
         except Exception as exc:  # noqa: BLE001 - keep running and answer every query with the reason
             self.pipeline, self.load_error = None, f'model load failed: {type(exc).__name__}: {exc}'
