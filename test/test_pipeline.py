@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from r3d_ros.pipeline import STATUS_ERROR, STATUS_OK, ScenePipeline, default_model_path
+from r3d_ros.pipeline import STATUS_ERROR, STATUS_OK, STATUS_UNGROUNDED, ScenePipeline, default_model_path
 
 torch.set_num_threads(1)
 
@@ -24,9 +24,15 @@ def _scene(n=2000, seed=0):
 def test_answers_with_timings_and_streams_tokens(pipe):
     pieces = []
     res = pipe.answer(*_scene(), 'Where is the lamp?', query_id='a', on_text=pieces.append)
-    assert res.status == STATUS_OK and res.id == 'a'
-    assert res.timings['new_tokens'] > 0 and res.timings['generate_s'] > 0
+    assert res.id == 'a' and res.timings['new_tokens'] > 0 and res.timings['generate_s'] > 0
     assert ''.join(pieces).strip() and res.raw
+    # 24 tokens cut the reasoning short: either it grounds as far as it goes, or it is refused after every retry
+    # (and then nothing of it is published but ``raw``)
+    assert res.status in (STATUS_OK, STATUS_UNGROUNDED), res.message
+    if res.status == STATUS_UNGROUNDED:
+        assert res.timings['regenerations'] == pipe.regenerations and not res.answer_text and not res.boxes
+    else:
+        assert 0 <= res.timings['regenerations'] <= pipe.regenerations
 
 
 @pytest.mark.parametrize('question, points, message', [
