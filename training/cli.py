@@ -96,24 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--encoder', default='minilm')
     p.add_argument('--out', help='also write the comparison here (JSON)')
 
-    p = sub.add_parser('ceiling', help='object-identifier models: what perfect references and class head reach on '
-                       "the processor's proposals (box coverage at IoU 0.25, oracle key-fact accuracy)")
-    p.add_argument('--data', required=True, help='dataset directory')
-    p.add_argument('--model', required=True, help='checkpoint whose processor (proposals) to use')
-    p.add_argument('--split', default='test', choices=('train', 'val', 'test'))
-    p.add_argument('--limit', type=int, help='the first N records of the split')
-    p.add_argument('--max-points', type=int, default=16384, help='points kept per scene')
-    p.add_argument('--out', help='also write the figures here (JSON)')
-
-    p = sub.add_parser('binding', help='object-identifier models: teacher-forced slot choice at each <obj_k> '
-                       'target and class-head accuracy (training/probe.py)')
-    p.add_argument('--data', required=True, help='dataset directory')
-    p.add_argument('--model', required=True, help='R3D checkpoint with object_refs')
-    p.add_argument('--split', default='val', choices=('train', 'val', 'test'))
-    p.add_argument('--limit', type=int, help='the first N records of the split (only those with a box count)')
-    p.add_argument('--max-points', type=int, default=16384, help="points kept per scene (the training config's "
-                   'data.max_points)')
-    p.add_argument('--out', help='also write the result here (JSON)')
+    for name, split, text in (
+            ('ceiling', 'test', "object-identifier models: what perfect references and class head reach on the "
+             "processor's proposals (box coverage at IoU 0.25, oracle key-fact accuracy; training/probe.py)"),
+            ('binding', 'val', 'object-identifier models: teacher-forced slot choice at each <obj_k> target and '
+             'class-head accuracy (training/probe.py)')):
+        p = sub.add_parser(name, help=text)
+        p.add_argument('--data', required=True, help='dataset directory')
+        p.add_argument('--model', required=True, help='R3D checkpoint with object_refs')
+        p.add_argument('--split', default=split, choices=('train', 'val', 'test'))
+        p.add_argument('--limit', type=int, help='the first N records of the split')
+        p.add_argument('--max-points', type=int, default=16384, help="points kept per scene (the training config's "
+                       'data.max_points)')
+        p.add_argument('--out', help='also write the result here (JSON)')
 
     p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
     p.add_argument('results', nargs='+')

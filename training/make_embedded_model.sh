@@ -6,8 +6,8 @@
 #           by the slot pointer)
 #   grpo    tiny_grpo_pointer from the SFT model (30 steps x 16 prompts, a checkpoint every 10)
 #   select  the SFT model and every GRPO checkpoint, decoded as the reasoner decodes (greedy, 2 sampled retries of a
-#           refused answer) on the first 224 val records; the highest Format + Acc@0.25 + SemSim + KeyFact wins (the
-#           SFT model first: GRPO has to beat it to be chosen)
+#           refused answer) on the first $VAL_LIMIT (default 224) val records; the highest Format + Acc@0.25 + SemSim
+#           + KeyFact wins (the SFT model first: GRPO has to beat it to be chosen)
 #   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint) on the test split, SFT + GRPO on the
 #           paraphrased test questions, and the proposals' ceiling; the table
 #   ship    the selected model -> r3d_ros/assets/r3d_tiny, result JSONs -> training/results/
@@ -27,7 +27,7 @@ for stage in "${stages[@]}"; do
     data)   t $bin/r3d-make-data --scenes 320 --out $data --no-progress ;;
     sft)    t $bin/r3d-train sft  --config tiny_sft_pointer --data $data --output-dir $sft ;;
     grpo)   t $bin/r3d-train grpo --config tiny_grpo_pointer --data $data --model $sft/final --output-dir $grpo ;;
-    select) t $bin/r3d-train select --data $data --split val --limit 224 "${decode[@]}" --out-dir results/val \
+    select) t $bin/r3d-train select --data $data --split val --limit ${VAL_LIMIT:-224} "${decode[@]}" --out-dir results/val \
                 --link $grpo/selected $sft/final $(ls -d $grpo/checkpoint-* | sort -t- -k2 -n) ;;
     test)
       mkdir -p results
