@@ -130,7 +130,8 @@ def score(records: Sequence[QARecord], completions: Sequence[str], with_format: 
                 row['IoU'].append(iou)
             if rec.plan:
                 row['PlanStep'].append(key_facts.plan_accuracy(p.plan if ok else [], rec.plan, records_of, truth))
-                row['PlanValid'].append(float(ok))
+                if ans.get('objects'):   # only a grounded answer was validated (not the answer prior's)
+                    row['PlanValid'].append(float(ok))
             preds[task][str(i)] = text
             refs[task][str(i)] = [rec.answer]
     out = {}
