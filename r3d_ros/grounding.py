@@ -263,7 +263,7 @@ FACTS: dict[str, tuple[str, Callable]] = {
     'lateral': ('ooo', _lateral),
     'ahead': ('ooo', _ahead),
     'nearest': ('o', lambda s, a: _obj(_nearest(s, a), 'nothing')),
-    'support': ('o', lambda s, a: _obj(support_of(s, a), 'the floor')),
+    'support': ('o', lambda s, a: _obj(support_of(s, a), 'floor')),
     'between': ('oo', lambda s, a, b: _obj(_between(s, a, b), 'nothing')),
     'distance': ('oo', lambda s, a, b: _metres(_planar(a, b))),
     'approach': ('o', lambda s, a: (xyz_text(p := approach_point(s, a)), xyz(p))),

@@ -268,7 +268,9 @@ class ScenePipeline:
         result.facts = grounded.facts
         if result.status == STATUS_OK:
             result.status, result.message = published_status(grounded, records, points)
-        return grounded.text
+        # what did not ground is not published, reasoning included (``raw`` keeps it)
+        return grounded.text if grounded.ok else ''
+
 
     def _check_plan(self, points: np.ndarray, result: PipelineResult, known: dict[str, Box] | None) -> None:
         objects = dict(known or {})
@@ -304,12 +306,12 @@ def published_status(grounded, records, points: np.ndarray) -> tuple[str, str]:
 
 def grounded_answer(grounded, records, points: np.ndarray) -> dict:
     """A grounded completion as the ``answer`` JSON the reasoner would publish for it (status by
-    :func:`published_status`; a refused answer carries no boxes, plan or facts, an ungrounded one no text):
+    :func:`published_status`; a refused answer carries no boxes, plan or facts, one that did not ground no text):
     what the evaluation scores and the GRPO key-fact reward reads, by the reasoner's own rule."""
     status, message = published_status(grounded, records, points)
-    p, ok = parse_completion(grounded.text), status == STATUS_OK
-    return {'status': status, 'message': message, 'think': p.think,
-            'answer_text': '' if status == STATUS_UNGROUNDED else p.answer_text, 'facts': grounded.facts if ok else [],
+    p, ok = parse_completion(grounded.text if grounded.ok else ''), status == STATUS_OK
+    return {'status': status, 'message': message, 'think': p.think, 'answer_text': p.answer_text,
+            'facts': grounded.facts if ok else [],
             'boxes': [{'ref': b.ref, 'center': list(b.center), 'size': list(b.size)} for b in p.boxes] if ok else [],
             'plan': [{'action': st.action, 'target': st.target, 'position': list(st.position)} for st in p.plan]
             if ok else [], 'objects': [r.to_dict() for r in records]}

@@ -210,7 +210,7 @@ def xyz_rgb_from_cloud(msg: Any, skip_nans: bool = True) -> tuple[np.ndarray, np
     colour = next((n for n in ('rgb', 'rgba') if n in field_names), None)
     split = colour is None and all(c in field_names for c in 'rgb')
     arr = cloud_to_structured(msg)
-    if arr.dtype['x'].shape:
+    if any(arr.dtype[c].shape for c in 'xyz'):
         raise PointCloudError('x/y/z fields must have count 1')
     if colour is not None:
         col_dtype = arr.dtype[colour]

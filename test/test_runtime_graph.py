@@ -161,5 +161,5 @@ def test_busy_and_cancel_then_still_answering(graph, ros_node):
     cancelled = _ask(pub, answers, 'c1', 'Is there a lamp?')
     assert cancelled['status'] == 'cancelled', cancelled
     after = _ask(pub, answers, 'after', 'Is there a lamp?')
-    assert after['status'] in ('ok', 'invalid_plan')
+    assert after['status'] in ('ok', 'invalid_plan', 'ungrounded')
     assert graph['reasoner'].alive()

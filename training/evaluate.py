@@ -102,7 +102,8 @@ def score(records: Sequence[QARecord], completions: Sequence[str], with_format: 
     # scored as the reasoner publishes them: an ungrounded answer has no text, no boxes, no facts; an invalid
     # plan keeps its text but loses its boxes and steps
     status = [a.get('status', 'ok') for a in answers]
-    texts = [p.answer_text if s in ('ok', 'invalid_plan') else '' for p, s in zip(parsed, status)]
+    texts = [a.get('answer_text', p.answer_text) if s in ('ok', 'invalid_plan') else ''
+             for p, s, a in zip(parsed, status, answers)]
     sims = shared_similarity(encoder)(texts, [r.answer for r in records])
     per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     preds, refs = defaultdict(dict), defaultdict(dict)

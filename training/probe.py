@@ -4,7 +4,7 @@ An object-identifier model (``object_refs``) finds an object in two steps: the p
 what each proposal slot holds (its class word is added to the slot), and the language model, at the token after
 ``<box>ref``, attends from the question's noun to the slot holding that class and copies the slot's identifier.
 Greedy Acc@0.25 mixes both with the proposals' quality; this probe separates them on the dataset's own targets
-(the right slot is the one ``refer_boxes`` writes into the label):
+(the right slot is the one ``refer_objects`` writes into the label):
 
 * ``class_head_acc``: share of labelled slots whose predicted class is their object's class;
 * ``slot_argmax_right``: the model's most likely slot at a referring token is the labelled one;
@@ -61,7 +61,7 @@ def binding_probe(model, processor, records: Iterable, clouds, batch_size: int =
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]
         inputs = processor(questions=[r.question for r in batch], point_clouds=[clouds[r.scene_id] for r in batch],
-                           targets=[r.cot for r in batch])
+                           targets=[r.cot for r in batch], target_objects=[r.objects for r in batch])
         with torch.no_grad():
             logits = model(input_ids=inputs['input_ids'], attention_mask=inputs['attention_mask'],
                            point_clouds=inputs['point_clouds']).logits

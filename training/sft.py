@@ -28,6 +28,11 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
     data = cfg['data']
     tasks = data.get('tasks')
     train = load_records(split_path(data['dir'], 'train'), data.get('max_train'), tasks)
+    if data.get('paraphrase'):  # a share of the questions in training wordings (r3d_ros/scenes/paraphrase.py)
+        from r3d_ros.scenes.paraphrase import paraphrase_records
+
+        train, _ = paraphrase_records(train, cfg.get('model', {}).get('seed', 0), train=True,
+                                      share=float(data['paraphrase']))
     val_path = split_path(data['dir'], 'val')
     val = load_records(val_path, data.get('max_eval'), tasks) if val_path.exists() and data.get('max_eval') else None
     clouds = SceneClouds(data['dir'], data.get('max_points', 8192), segment=processor.num_object_tokens > 0)

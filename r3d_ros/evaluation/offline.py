@@ -23,7 +23,7 @@ from r3d_ros.evaluation.annotations import Question
 #: Largest accepted |live - offline| per metric on the same bag and model (metrics x100 for captions,
 #: shares 0..1 otherwise). Equal maps give identical answers (0 difference); the slack covers a question
 #: whose map lost a frame live, which can change that one answer: one answer in n moves a mean by 1/n.
-AGREEMENT = {'CIDEr': 10.0, 'BLEU-4': 5.0, 'METEOR': 3.0, 'ROUGE-L': 5.0, 'EM': 0.1, 'EM-R': 0.1,
+AGREEMENT = {'KeyFact': 0.1, 'CIDEr': 10.0, 'BLEU-4': 5.0, 'METEOR': 3.0, 'ROUGE-L': 5.0, 'EM': 0.1, 'EM-R': 0.1,
              'Acc@0.25': 0.1, 'Acc@0.5': 0.1, 'PlanStep': 0.1}
 
 

@@ -65,8 +65,9 @@ def parse_query(text: str) -> dict:
     if stripped.startswith('{'):
         try:
             data = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            return {'id': '', 'question': '', 'task': None, 'error': f'malformed JSON query: {exc}'}
+        except (ValueError, RecursionError) as exc:  # also too deep to parse, or an int of > 4300 digits
+            return {'id': '', 'question': '', 'task': None,
+                    'error': f'malformed JSON query: {type(exc).__name__}: {str(exc)[:200]}'}
         if not isinstance(data, dict):
             return {'id': '', 'question': '', 'task': None, 'error': 'JSON query must be an object'}
         return {'id': str(data.get('id') or uuid.uuid4().hex[:8]), 'question': str(data.get('question') or ''),
@@ -203,6 +204,9 @@ class ReasonerNode(LifecycleNode):
             xyz, rgb = xyz_rgb_from_cloud(msg)
         except PointCloudError as exc:
             self.get_logger().error(f'ignoring malformed map cloud: {exc}')
+            return
+        except Exception as exc:  # noqa: BLE001 - a codec bug must not end the node; the last map stays
+            self.get_logger().error(f'ignoring map cloud the codec failed on: {type(exc).__name__}: {exc}')
             return
         if rgb is None:
             rgb = np.full((len(xyz), 3), 128, np.uint8)

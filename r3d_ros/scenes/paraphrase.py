@@ -55,24 +55,54 @@ PARAPHRASES: list[tuple[str, tuple[str, ...]]] = [
     (rf'Put the {_O.format("a")} into the {_O.format("b")}\.',
      ('Could you store the {a} inside the {b}?', 'Place the {a} in the {b}, please.')),
 ]
-_COMPILED = [(re.compile(p + '$'), alts) for p, alts in PARAPHRASES]
+#: wordings for training (``data.paraphrase`` in the SFT config), disjoint from the held-out ones above, so
+#: the test_paraphrase split still asks in words the model never saw
+TRAIN_PARAPHRASES: list[tuple[str, tuple[str, ...]]] = [
+    (PARAPHRASES[0][0], ('What is the colour of the {a}?', 'Which color is the {a}?')),
+    (PARAPHRASES[1][0], ('How high is the {a}?', 'What height does the {a} have?')),
+    (PARAPHRASES[2][0], ('Which one is bigger, the {a} or the {b}?', 'Of the {a} and the {b}, which is larger?')),
+    (PARAPHRASES[3][0], ('How many {p} are there?', 'How many {p} does the room have?')),
+    (PARAPHRASES[4][0], ('Is there any {a} here?', 'Does the room have a {a}?')),
+    (PARAPHRASES[5][0], ('Standing at the {a} and looking at the {b}, is the {c} on my left or my right?',
+                         'From the {a}, facing the {b}: is the {c} to the left or to the right?')),
+    (PARAPHRASES[6][0], ('Standing at the {a} and looking at the {b}, is the {c} in front of me or behind me?',
+                         'From the {a}, facing the {b}: is the {c} ahead or behind?')),
+    (PARAPHRASES[7][0], ('What is closest to the {a}?', 'Which object is nearest to the {a}?')),
+    (PARAPHRASES[8][0], ('What is the {a} on?', 'What does the {a} stand on?')),
+    (PARAPHRASES[9][0], ('What is between the {a} and the {b}?', 'Which object lies between the {a} and the {b}?')),
+    (PARAPHRASES[10][0], ('How far apart is the {a} from the {b}?', 'What is the distance from the {a} to the {b}?')),
+    (PARAPHRASES[11][0], ('Where can I find the {a}?', 'Show me the {a}.')),
+    (PARAPHRASES[12][0], ('Inspect the {a}.', 'Go and check the {a}.')),
+    (PARAPHRASES[13][0], ('Take the {a} to the {b}.', 'Bring the {a} over to the {b}.')),
+    (PARAPHRASES[14][0], ('Put the {a} inside the {b}.', 'Store the {a} in the {b}.')),
+]
 
 
-def paraphrase(question: str, rng: random.Random) -> str | None:
-    """Another wording of a generator question (its phrases kept), or None when no template matches."""
-    for pattern, alts in _COMPILED:
+def _compiled(table):
+    return [(re.compile(p + '$'), alts) for p, alts in table]
+
+
+_HELD_OUT, _TRAIN = _compiled(PARAPHRASES), _compiled(TRAIN_PARAPHRASES)
+
+
+def paraphrase(question: str, rng: random.Random, train: bool = False) -> str | None:
+    """Another wording of a generator question (its phrases kept; ``train``: a training wording, else a held-out
+    one), or None when no template matches."""
+    for pattern, alts in _TRAIN if train else _HELD_OUT:
         m = pattern.match(question.strip())
         if m:
             return rng.choice(alts).format(**m.groupdict())
     return None
 
 
-def paraphrase_records(records: Sequence[QARecord], seed: int = 0) -> tuple[list[QARecord], int]:
-    """The records asked in held-out wordings (same truth); also how many no template matched (kept as is)."""
+def paraphrase_records(records: Sequence[QARecord], seed: int = 0, train: bool = False,
+                       share: float = 1.0) -> tuple[list[QARecord], int]:
+    """The records asked in other wordings (same truth): held-out ones, or (``train``) training ones for a
+    ``share`` of them; also how many no template matched (kept as they are)."""
     rng = random.Random(seed)
     out, unmatched = [], 0
     for rec in records:
-        q = paraphrase(rec.question, rng)
+        q = paraphrase(rec.question, rng, train) if rng.random() < share else rec.question
         unmatched += q is None
         out.append(replace(rec, question=q or rec.question))
     return out, unmatched

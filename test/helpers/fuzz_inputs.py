@@ -193,8 +193,8 @@ def malformed_clouds(seed: int, points: np.ndarray, colors: np.ndarray):
 
 # -- queries -------------------------------------------------------------------------------------------
 QUESTION = 'Where is the table?'
-# Inputs that crash the reasoner node today (its query callback raises; see the fuzz test's report); left out
-# of the stream so the fuzz measures everything else, and checked by their own expected-failure test.
+# Inputs that once ended the reasoner node (json.loads raised past its parser): in the stream, and checked
+# one by one by their own test.
 REASONER_CRASHERS = {
     'deeply nested JSON (RecursionError in json.loads)': '{"id": "deep", "x": ' + '[' * 100_000 + ']' * 100_000 + '}',
     'a JSON integer over 4300 digits (ValueError, not JSONDecodeError)': '{"id": ' + '7' * 5000 + '}',
@@ -241,6 +241,8 @@ def malformed_query(rng, qid: str) -> str:
     if how == 7:
         return json.dumps({'id': qid, 'question': QUESTION, 'extra': _json_value(rng)}) + ' trailing'
     if how == 8:
+        if rng.integers(20) == 0:                                                 # past the parser's limits
+            return list(REASONER_CRASHERS.values())[int(rng.integers(len(REASONER_CRASHERS)))]
         depth = int(rng.integers(1, 200))                                         # nested, under the limit
         return f'{{"id": "{qid}", "question": {"[" * depth}"q"{"]" * depth}}}'
     return json.dumps({'id': qid, 'question': QUESTION if rng.integers(2) else '   '})  # valid or empty
