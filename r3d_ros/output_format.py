@@ -60,6 +60,19 @@ _PLAN = re.compile(r'<plan>(?P<body>.*?)</plan>', re.DOTALL)
 _TAG = re.compile(r'</?(?:box|plan|step)>')
 
 
+class Extents:
+    """``lo`` / ``hi`` corners of an axis-aligned object with numpy ``center`` and full ``size`` (a map's object
+    record, a synthetic scene's object)."""
+
+    @property
+    def lo(self):
+        return self.center - self.size / 2
+
+    @property
+    def hi(self):
+        return self.center + self.size / 2
+
+
 @dataclass(frozen=True)
 class Box:
     """Axis-aligned 3D box in the map frame (metres): centre and full size."""

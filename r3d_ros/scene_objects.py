@@ -22,7 +22,7 @@ import functools
 
 import numpy as np
 
-from r3d_ros.output_format import Box
+from r3d_ros.output_format import Box, Extents
 
 COLOR_NAMES = ('red', 'green', 'blue', 'yellow', 'white', 'black', 'gray', 'brown', 'orange', 'purple', 'pink',
                'beige')
@@ -33,7 +33,7 @@ NEXT_TO_GAP = 0.3
 
 
 @dataclass
-class ObjectRecord:
+class ObjectRecord(Extents):
     """One object of the map as the robot is told about it."""
 
     id: str                                  # 'obj_k' (k: the model's object slot) or a ground-truth ref
@@ -48,13 +48,6 @@ class ObjectRecord:
         self.center = np.asarray(self.center, np.float64).reshape(3)
         self.size = np.abs(np.asarray(self.size, np.float64).reshape(3))
 
-    @property
-    def lo(self) -> np.ndarray:
-        return self.center - self.size / 2
-
-    @property
-    def hi(self) -> np.ndarray:
-        return self.center + self.size / 2
 
     @property
     def box(self) -> Box:

@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from r3d_ros.output_format import Box
+from r3d_ros.output_format import Box, Extents
 
 # task names of the generated questions
 ATTRIBUTE = 'attribute'     # colour / size of an object
@@ -31,7 +31,7 @@ BACKGROUND = -1
 
 
 @dataclass
-class SceneObject:
+class SceneObject(Extents):
     """One object of a scene with its ground truth."""
 
     id: int
@@ -56,13 +56,6 @@ class SceneObject:
     def box(self) -> Box:
         return Box(self.ref, tuple(float(v) for v in self.center), tuple(float(v) for v in self.size))
 
-    @property
-    def lo(self) -> np.ndarray:
-        return self.center - self.size / 2
-
-    @property
-    def hi(self) -> np.ndarray:
-        return self.center + self.size / 2
 
     def to_dict(self) -> dict:
         return {'id': int(self.id), 'label': self.label, 'color_name': self.color_name,
