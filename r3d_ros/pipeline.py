@@ -244,9 +244,7 @@ class ScenePipeline:
                 return torch.full((input_ids.shape[0],), bool(stop_event is not None and stop_event.is_set()),
                                   dtype=torch.bool, device=input_ids.device)
 
-        sampling = {'do_sample': False} if seed is None else {'do_sample': True, 'temperature': 0.7, 'top_p': 0.95}
-        if seed is not None:
-            torch.manual_seed(seed)
+        sampling = decoding_kwargs(seed)
         with torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, **sampling,
                                       stopping_criteria=StoppingCriteriaList([_Cancel()]), streamer=streamer)
@@ -279,6 +277,17 @@ class ScenePipeline:
         errors = plan_errors(result.plan, objects, points)
         if errors:
             result.status, result.message = STATUS_INVALID_PLAN, '; '.join(errors)
+
+
+def decoding_kwargs(seed: int | None) -> dict:
+    """``generate`` settings of one attempt: greedy (``seed`` None), or a retry of a refused answer sampled at
+    temperature 0.7 / top-p 0.95 after seeding torch with ``seed`` (the reasoner's and the evaluation's rule)."""
+    if seed is None:
+        return {'do_sample': False}
+    import torch
+
+    torch.manual_seed(seed)
+    return {'do_sample': True, 'temperature': 0.7, 'top_p': 0.95}
 
 
 def plan_errors(plan, objects: dict[str, Box], points: np.ndarray) -> list[str]:

@@ -173,6 +173,10 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
     (its ``regenerations`` parameter; batched here, so the samples are not the node's bit for bit)."""
     from tqdm.auto import tqdm
 
+    from training.grpo import placeholder_token_ids
+
+    model = model.to(device).eval()
+    suppress = placeholder_token_ids(model)   # a completion never contains encoder placeholders
     n = len(records)
     raw, out, answers = [''] * n, [''] * n, [{}] * n
     todo = list(range(n))
@@ -181,7 +185,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
                       disable=not progress):
             idx = todo[s:s + batch_size]
             decoded = _decode_batch(model, processor, [records[i] for i in idx], clouds, max_new_tokens, device,
-                                    attempt or None)
+                                    suppress, attempt or None)
             for i, (r, g, a) in zip(idx, decoded):
                 raw[i], out[i], answers[i] = r, g, a
         todo = [i for i in todo if answers[i].get('status', 'ok') != 'ok']
@@ -191,23 +195,17 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
 
 
 def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_tokens: int, device: str,
-                  seed: int | None) -> list[tuple[str, str, dict]]:
+                  suppress: list[int], seed: int | None) -> list[tuple[str, str, dict]]:
     """One batch, greedy (``seed`` None) or sampled: per record (as written, grounded, the published answer)."""
     import torch
 
-    from r3d_ros.pipeline import grounded_answer
-    from training.grpo import placeholder_token_ids
+    from r3d_ros.pipeline import decoding_kwargs, grounded_answer
 
-    model = model.to(device).eval()
     batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk])
     batch = {k: v.to(device) for k, v in batch.items()}
-    sampling = {'do_sample': False} if seed is None else {'do_sample': True, 'temperature': 0.7, 'top_p': 0.95}
-    if seed is not None:
-        torch.manual_seed(seed)
     with torch.no_grad():
-        ids = model.generate(**batch, max_new_tokens=max_new_tokens, **sampling,
-                             pad_token_id=processor.tokenizer.pad_token_id,
-                             suppress_tokens=placeholder_token_ids(model))  # never an encoder placeholder
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, **decoding_kwargs(seed),
+                             pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress)
     texts = processor.batch_decode(ids[:, batch['input_ids'].shape[1]:])
     if not getattr(processor, 'object_refs', False):
         return [(t, t, answer_of_completion(t)) for t in texts]
