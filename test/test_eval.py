@@ -1,6 +1,6 @@
 """r3d-eval end to end: a bag written with plain ``rosbags`` (test_bags.write_plain_bag) and a Scene-30K
 annotation file are scored live (scene_map + reasoner + r3d-play, use_sim_time) and offline; JSON and HTML
-are written with every metric key, and live and offline agree within the stated tolerance."""
+are written with every metric key, and live and offline give identical answers wherever their maps are equal."""
 
 from __future__ import annotations
 
@@ -77,5 +77,10 @@ def test_plain_bag_scored_end_to_end_live_and_offline(tmp_path):
     assert all(a['status'] in ('ok', 'invalid_plan', 'ungrounded') for a in live.values()), live
     assert all(a['map_points'] > 0 for a in live.values())   # the map scene_map had published when asked
     cmp = json.loads((out / 'compare.json').read_text())
-    assert all(cmp['within'].values()), cmp
+    # equal maps give identical answers; after the bag's end the live map equals the offline one unless
+    # scene_map says it lost frames (a best-effort wire may drop clouds on a loaded machine)
+    assert cmp['identical_on_equal_maps'], cmp
+    for row in cmp['questions'][1:]:
+        frames = row['live_map_frames']
+        assert row['equal_maps'] or frames['frames_fused'] < frames['clouds_published'], row
     assert 'live vs offline' in proc.stdout

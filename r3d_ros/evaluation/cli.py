@@ -68,6 +68,30 @@ def _print_table(mode: str, scores: dict) -> None:
           f'status {scores["status"]}')
 
 
+def _compare_modes(results: dict, questions: list, out: Path) -> None:
+    """compare.json: metric differences within :data:`offline.AGREEMENT`, and per question whether the live
+    map equalled the offline one (then the answers must be identical) or which frames the live map lacked."""
+    from r3d_ros.evaluation import offline
+
+    diff = compare(results['live']['scores'], results['offline']['scores'])
+    ok = {k: diff[k] <= offline.AGREEMENT[k] for k in diff}
+    rows = []
+    for live, off in zip(results['live']['answers'], results['offline']['answers']):
+        a, b = live['answer'] or {}, off['answer'] or {}
+        rows.append({'id': live['question']['id'], 'live_map_points': a.get('map_points'),
+                     'offline_map_points': b.get('map_points'), 'live_map_frames': a.get('map_frames'),
+                     'equal_maps': bool(a) and a.get('map_points') == b.get('map_points'),
+                     'identical': bool(a) and bool(b) and a.get('answer_text') == b.get('answer_text')
+                     and a.get('status') == b.get('status')})
+    same, equal = sum(r['identical'] for r in rows), [r for r in rows if r['equal_maps']]
+    report.write_json(out / 'compare.json', {'max_abs_diff': diff, 'tolerance': offline.AGREEMENT, 'within': ok,
+                                             'identical_answers': same, 'n': len(questions), 'questions': rows,
+                                             'identical_on_equal_maps': all(r['identical'] for r in equal)})
+    print(f'live vs offline: identical answers {same}/{len(questions)} ({sum(r["identical"] for r in equal)}/'
+          f'{len(equal)} where the maps were equal); max |diff| ' + ', '.join(f'{k} {v:.3g}' for k, v in diff.items())
+          + ('' if all(ok.values()) else ' (OUTSIDE the stated tolerance)'))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from r3d_ros.evaluation import metrics as M
@@ -133,17 +157,7 @@ def main(argv=None) -> int:
             results[mode] = _write(out, mode, questions, answers, meta, clouds, scorer, args.examples)
             _print_table(mode, results[mode]['scores'])
     if args.compare:
-        diff = compare(results['live']['scores'], results['offline']['scores'])
-        ok = {k: diff[k] <= offline.AGREEMENT[k] for k in diff}
-        same = sum(results['live']['answers'][i]['answer'] is not None and
-                   results['offline']['answers'][i]['answer'] is not None and
-                   results['live']['answers'][i]['answer'].get('answer_text') ==
-                   results['offline']['answers'][i]['answer'].get('answer_text') for i in range(len(questions)))
-        report.write_json(out / 'compare.json', {'max_abs_diff': diff, 'tolerance': offline.AGREEMENT,
-                                                 'within': ok, 'identical_answers': same, 'n': len(questions)})
-        print(f'live vs offline: identical answers {same}/{len(questions)}; max |diff| '
-              + ', '.join(f'{k} {v:.3g}' for k, v in diff.items()) + ('' if all(ok.values()) else
-                                                                     ' (OUTSIDE the stated tolerance)'))
+        _compare_modes(results, questions, out)
     print(f'wrote {out}/eval_*.json and {out}/report_*.html')
     return 0
 

@@ -55,7 +55,8 @@ def evaluate_live(bag: str | Path, annotations: str | Path, out_dir: str | Path,
     with Bringup('r3d', domain_id=domain_id, overrides=overrides, log_dir=str(logs)) as graph:
         argv = [find_executable('r3d-play'), str(bag), '--rate', str(rate), '--questions', str(annotations),
                 '--answers-out', str(answers_path), '--question-delay', str(question_delay),
-                '--answer-timeout', str(answer_timeout), '--wait-for', 'points', 'query', '--delay', '1.0']
+                '--answer-timeout', str(answer_timeout), '--wait-for', 'points', 'query',
+                '--wait-active', 'scene_map', 'reasoner', '--delay', '1.0']
         player = ManagedProcess(argv, env=graph.env, name='r3d-play', log_dir=str(logs))
         try:
             bar = tqdm(total=n_questions, desc='answers (live)', unit='q', disable=not progress)

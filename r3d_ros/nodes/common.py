@@ -40,3 +40,34 @@ def run_lifecycle_node(node_class, args=None, threads: int = 2) -> None:
         node.stop_worker()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def wait_until_active(node, names: list[str], timeout: float) -> list[str]:
+    """Poll each lifecycle node's ``<name>/get_state`` until it reports ``active``; return those that never did.
+
+    A subscriber on a topic exists from ``configure``, but a lifecycle node only takes input once active, so a
+    client that must not lose its first messages (r3d-play asking questions) waits for this, not for the topic.
+    """
+    import time
+
+    from lifecycle_msgs.srv import GetState
+
+    deadline = time.monotonic() + timeout
+    missing = []
+    for name in names:
+        client = node.create_client(GetState, f'/{name.strip("/")}/get_state')
+        try:
+            while time.monotonic() < deadline:
+                if client.wait_for_service(timeout_sec=0.5):
+                    future = client.call_async(GetState.Request())
+                    while not future.done() and time.monotonic() < deadline:
+                        time.sleep(0.02)   # the caller's executor spins the node in another thread
+                    state = future.result() if future.done() else None
+                    if state is not None and state.current_state.label == 'active':
+                        break
+                time.sleep(0.1)
+            else:
+                missing.append(name)
+        finally:
+            node.destroy_client(client)
+    return missing

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--no-clock', action='store_true', help='do not publish /clock')
     ap.add_argument('--wait-for', nargs='*', default=[], metavar='TOPIC',
                     help='before playing, wait until each of these topics has a subscriber')
+    ap.add_argument('--wait-active', nargs='*', default=[], metavar='NODE',
+                    help='before playing, wait until each of these lifecycle nodes reports active (get_state)')
     ap.add_argument('--wait-timeout', type=float, default=120.0)
     ap.add_argument('--delay', type=float, default=0.0, help='wall seconds to wait before playing (discovery)')
     ap.add_argument('--questions', help='annotation file: ask its questions on `query` at their times')
@@ -119,6 +121,7 @@ class Player:
         self.stop = threading.Event()
         self.finished = threading.Event()   # bag played to its end (not looping)
         self.published = 0
+        self.clouds_published = 0   # PointCloud2 messages: what a live map can have fused, for r3d-eval
         for name, fn in (('~/pause', self._srv_pause), ('~/resume', self._srv_resume), ('~/step', self._srv_step)):
             node.create_service(Trigger, name, fn)
 
@@ -174,7 +177,7 @@ class Player:
         if not topics:
             return
         next_clock = time.monotonic()
-        for topic, _msgtype, t_ns, data in read_messages(self.args.bag, topics, start_ns=self.start_ns):
+        for topic, msgtype, t_ns, data in read_messages(self.args.bag, topics, start_ns=self.start_ns):
             while not self.stop.is_set():
                 if self._step.is_set() and self.timeline.paused:
                     self._step.clear()
@@ -193,6 +196,7 @@ class Player:
             self.publish_clock(t_ns)
             self.pubs[topic].publish(data)
             self.published += 1
+            self.clouds_published += msgtype.endswith('/PointCloud2')
 
     def keep_clock(self, until: threading.Event) -> None:
         """After the bag: keep /clock advancing (timers of sim-time nodes keep firing) until ``until``."""
@@ -225,8 +229,12 @@ class QuestionFeeder:
 
         self.map_points = 0
         self.map_sub = node.create_subscription(PointCloud2, args.map_topic, self._on_map, MAP_QOS)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.map_frames: dict[str, int] = {}
+        self.diag_sub = node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.asked: dict[str, float] = {}
-        self.asked_map: dict[str, int] = {}
+        self.asked_map: dict[str, tuple[int, dict]] = {}
         self.answers: dict[str, dict] = {}
         self.lock = threading.Lock()
         self.done = threading.Event()
@@ -235,6 +243,13 @@ class QuestionFeeder:
 
     def _on_map(self, msg) -> None:
         self.map_points = int(msg.width) * int(msg.height)
+
+    def _on_diagnostics(self, msg) -> None:
+        """scene_map's frame counts: a live map that differs from the offline one says here whether frames were lost."""
+        for status in msg.status:
+            if status.name == 'scene_map':
+                self.map_frames = {kv.key: int(kv.value) for kv in status.values
+                                   if kv.key in ('frames_received', 'frames_fused', 'dropped_frames')}
 
     def _on_answer(self, msg) -> None:
         try:
@@ -246,7 +261,8 @@ class QuestionFeeder:
             if qid not in self.asked or qid in self.answers:
                 return
             ans['latency_s'] = time.monotonic() - self.asked[qid]
-            ans['map_points'] = self.asked_map.get(qid, 0)   # size of the map scene_map last published
+            # the map scene_map last published when asked: its size and the frames it had taken
+            ans['map_points'], ans['map_frames'] = self.asked_map.get(qid, (0, {}))
             self.answers[qid] = ans
             self.last_progress = time.monotonic()
             if self.out is not None:
@@ -265,7 +281,8 @@ class QuestionFeeder:
             payload = {'id': q.id, 'question': q.question, 'task': q.task or None}
             with self.lock:
                 self.asked[q.id] = time.monotonic()
-                self.asked_map[q.id] = self.map_points
+                self.asked_map[q.id] = (self.map_points, {**self.map_frames,
+                                                          'clouds_published': self.player.clouds_published})
                 self.last_progress = time.monotonic()
             self.pub.publish(self._String(data=json.dumps(payload)))
             self.node.get_logger().info(f'asked {q.id} at bag t={(t_ns - self.player.info.start_ns) * 1e-9:.2f}s '
@@ -309,6 +326,12 @@ def main(argv=None) -> int:
             if node.count_subscribers(name) == 0:
                 node.get_logger().error(f'no subscriber on {name} after {args.wait_timeout:.0f}s')
                 return 3
+        from r3d_ros.nodes.common import wait_until_active
+
+        inactive = wait_until_active(node, args.wait_active, max(0.0, deadline - time.monotonic()))
+        if inactive:
+            node.get_logger().error(f'not active after {args.wait_timeout:.0f}s: {", ".join(inactive)}')
+            return 3
         time.sleep(args.delay)
         info = player.info
         node.get_logger().info(f'playing {args.bag}: {info.count} messages, {info.duration_s:.2f}s, '
