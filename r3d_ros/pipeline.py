@@ -113,10 +113,12 @@ class ScenePipeline:
     """View selection + 3D-R1 generation + parsing + plan validation for one question on one map."""
 
     def __init__(self, model, processor, selector=None, device: str = 'cpu', num_views: int = 6,
-                 max_new_tokens: int = 256, max_question_chars: int = 2000, regenerations: int = 2):
+                 max_new_tokens: int = 256, max_question_chars: int = 2000, regenerations: int = 2,
+                 grammar: bool = True):
         self.model, self.processor, self.selector = model, processor, selector
         self.device, self.num_views = device, num_views
         self.regenerations = regenerations   # sampled retries of a refused (ungrounded / invalid plan) answer
+        self.grammar = grammar               # decoding held to the grounded grammar (r3d_ros.grammar_decoding)
         self.max_new_tokens, self.max_question_chars = max_new_tokens, max_question_chars
         self.model_path = ''
         self._lock = threading.Lock()  # one generation at a time per model
@@ -211,11 +213,13 @@ class ScenePipeline:
         streamer = _TokenCallbackStreamer(tokenizer, on_text) if on_text is not None else None
         timings = result.timings
         timings['generate_s'] = timings['grounding_s'] = 0.0
+        objects = self._object_records(batch['point_clouds'])
         for attempt in range(1 + self.regenerations):
             # greedy first; a refused answer (ungrounded, invalid plan) is decoded again with sampling, seeded so
             # that the same question on the same map gets the same retries
             t = time.perf_counter()
-            text, n_tokens = self._decode(batch, stop_event, streamer if attempt == 0 else None, attempt or None)
+            text, n_tokens = self._decode(batch, stop_event, streamer if attempt == 0 else None, attempt or None,
+                                          objects)
             timings['generate_s'] += time.perf_counter() - t
             timings['new_tokens'], timings['regenerations'] = n_tokens, attempt
             result.raw, result.status, result.message = text, STATUS_OK, ''
@@ -223,7 +227,7 @@ class ScenePipeline:
                 result.status, result.message = STATUS_CANCELLED, 'cancelled while decoding'
                 break
             t = time.perf_counter()
-            text = self._ground(text, batch['point_clouds'], points, question, result)
+            text = self._ground(text, objects, points, question, result)
             timings['grounding_s'] += time.perf_counter() - t
             if result.status == STATUS_OK:
                 break
@@ -234,10 +238,11 @@ class ScenePipeline:
         result.boxes = [Box(b.ref, b.center, b.size, category=labels.get(b.ref, '')) for b in parsed.boxes]
         result.format_valid = parsed.format_valid
 
-    def _decode(self, batch, stop_event, streamer, seed: int | None = None) -> tuple[str, int]:
-        """One completion (greedy, or sampled with ``seed``; markers kept, pad/eos dropped) and its length."""
+    def _decode(self, batch, stop_event, streamer, seed: int | None = None, objects=None) -> tuple[str, int]:
+        """One completion (greedy, or sampled with ``seed``; markers kept, pad/eos dropped) and its length;
+        held to the grounded grammar of ``objects`` (the map's records) when the pipeline's ``grammar`` is on."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         class _Cancel(StoppingCriteria):
             def __call__(self, input_ids, scores, **kw):
@@ -245,22 +250,31 @@ class ScenePipeline:
                                   dtype=torch.bool, device=input_ids.device)
 
         sampling = decoding_kwargs(seed)
+        rules = LogitsProcessorList()
+        if objects is not None and self.grammar:
+            rules.append(self.processor.grammar([objects[2]]))
         with torch.inference_mode():
-            out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, **sampling,
+            out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, **sampling, logits_processor=rules,
                                       stopping_criteria=StoppingCriteriaList([_Cancel()]), streamer=streamer)
         new_tokens = out[0, batch['input_ids'].shape[1]:]
         tokenizer = getattr(self.processor, 'tokenizer', self.processor)
         return _strip_special(self.processor.batch_decode(new_tokens[None])[0], tokenizer), int(new_tokens.numel())
 
-    def _ground(self, text: str, clouds, points: np.ndarray, question: str, result: PipelineResult) -> str:
-        """Fill the completion's references and facts in from the map's object records (``r3d_ros.grounding``)
-        and decide its status (:func:`published_status`); a model without object identifiers writes its
-        numbers itself and is passed through."""
+    def _object_records(self, clouds):
+        """(cloud, class probabilities, object records) of the map for an object-identifier model, else None."""
         if not getattr(self.processor, 'object_refs', False):
-            return text
+            return None
         probs = self.model.object_class_probs(clouds)
         cloud, probs = clouds[0], (None if probs is None else probs[0])
-        records = self.processor.object_records(cloud, probs)
+        return cloud, probs, self.processor.object_records(cloud, probs)
+
+    def _ground(self, text: str, objects, points: np.ndarray, question: str, result: PipelineResult) -> str:
+        """Fill the completion's references and facts in from the map's object records (``r3d_ros.grounding``)
+        and decide its status (:func:`published_status`); a model without object identifiers (``objects``
+        None) writes its numbers itself and is passed through."""
+        if objects is None:
+            return text
+        cloud, probs, records = objects
         result.objects = [r.to_dict() for r in records]
         grounded = self.processor.ground(text, cloud, probs, map_points=points, question=question)
         result.facts = grounded.facts
@@ -268,7 +282,6 @@ class ScenePipeline:
             result.status, result.message = published_status(grounded, records, points)
         # what did not ground is not published, reasoning included (``raw`` keeps it)
         return grounded.text if grounded.ok else ''
-
 
     def _check_plan(self, points: np.ndarray, result: PipelineResult, known: dict[str, Box] | None) -> None:
         objects = dict(known or {})

@@ -71,12 +71,12 @@ def validate_plan(steps: list[PlanStep], known_objects: dict[str, Box], map_boun
         if _distance_to_box(p, box) > max_target_distance:
             errors.append(f'{where}: position is {_distance_to_box(p, box):.2f} m from {step.target} '
                           f'(limit {max_target_distance} m)')
-        if require_navigation and step.target not in visited and not _near_visited(box, visited, known_objects):
+        if require_navigation and step.target not in visited and not reachable(box, visited, known_objects):
             errors.append(f'{where}: robot has not navigated to {step.target} first')
     return PlanCheck(not errors, errors)
 
 
-def _near_visited(box: Box, visited: set[str], known: dict[str, Box], radius: float = 1.0) -> bool:
+def reachable(box: Box, visited: set[str], known: dict[str, Box], radius: float = 1.0) -> bool:
     """An object on/next to one the robot navigated to is reachable (a cup on the table it went to)."""
     c = np.asarray(box.center)
     return any(_distance_to_box(c, known[v]) <= radius for v in visited if v in known)

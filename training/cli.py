@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-new-tokens', type=int, default=256)
     p.add_argument('--regenerations', type=int, default=0,
                    help="sampled retries of refused answers (the reasoner's default: 2)")
+    p.add_argument('--no-grammar', dest='grammar', action='store_false',
+                   help='decode free of the grounded grammar (the ablation; the reasoner holds decoding to it)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--encoder', default='minilm', help="semantic-similarity encoder ('minilm', a path, clip:PATH)")
     p.add_argument('--swap-scenes', action='store_true',
@@ -172,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             clouds = _Swapped(clouds, other)
         res = evaluate(records, clouds, None if args.prior else args.model, train,
                        args.batch_size, args.max_new_tokens, args.device, args.encoder,
-                       predictions_path=out.with_suffix('.predictions.jsonl'), regenerations=args.regenerations)
+                       predictions_path=out.with_suffix('.predictions.jsonl'), regenerations=args.regenerations,
+                       grammar=args.grammar)
         from training.evaluate import _metrics_module
 
         impl = 'r3d_ros.evaluation.metrics' if _metrics_module() is not None else 'training.evaluate (fallback)'
         out.write_text(json.dumps({'name': name, 'data': str(args.data), 'split': args.split,
                                    'model': args.model, 'metrics': impl, 'swap_scenes': args.swap_scenes,
-                                   'regenerations': args.regenerations,
+                                   'regenerations': args.regenerations, 'grammar': args.grammar,
                                    'results': res}, indent=2))
         print(markdown_table({name: res}))
     elif args.command == 'select':

@@ -166,11 +166,12 @@ def prior_completions(train: Sequence[QARecord], records: Sequence[QARecord]) ->
 
 def generate_completions(model, processor, records: Sequence[QARecord], clouds, batch_size: int = 16,
                          max_new_tokens: int = 256, device: str = 'cpu', progress: bool = True,
-                         regenerations: int = 0) -> tuple[list[str], list[str], list[dict]]:
+                         regenerations: int = 0, grammar: bool = True) -> tuple[list[str], list[str], list[dict]]:
     """Completions decoded as the reasoner decodes them, batched, left-padded: (as the model wrote them, grounded
     on the scene's object records, the answer dicts the reasoner would publish). Greedy first; the refused ones
     (ungrounded, invalid plan) are sampled again up to ``regenerations`` times, as the reasoner retries them
-    (its ``regenerations`` parameter; batched here, so the samples are not the node's bit for bit)."""
+    (its ``regenerations`` parameter; batched here, so the samples are not the node's bit for bit). ``grammar``:
+    decoding held to the grounded grammar (``r3d_ros.grammar_decoding``), as the reasoner decodes by default."""
     from tqdm.auto import tqdm
 
     from training.grpo import placeholder_token_ids
@@ -185,7 +186,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
                       disable=not progress):
             idx = todo[s:s + batch_size]
             decoded = _decode_batch(model, processor, [records[i] for i in idx], clouds, max_new_tokens, device,
-                                    suppress, attempt or None)
+                                    suppress, attempt or None, grammar)
             for i, (r, g, a) in zip(idx, decoded):
                 raw[i], out[i], answers[i] = r, g, a
         todo = [i for i in todo if answers[i].get('status', 'ok') != 'ok']
@@ -195,21 +196,28 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
 
 
 def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_tokens: int, device: str,
-                  suppress: list[int], seed: int | None) -> list[tuple[str, str, dict]]:
+                  suppress: list[int], seed: int | None, grammar: bool = True) -> list[tuple[str, str, dict]]:
     """One batch, greedy (``seed`` None) or sampled: per record (as written, grounded, the published answer)."""
     import torch
+    from transformers import LogitsProcessorList
 
     from r3d_ros.pipeline import decoding_kwargs, grounded_answer
 
     batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk])
     batch = {k: v.to(device) for k, v in batch.items()}
+    refs = getattr(processor, 'object_refs', False)
+    probs = model.object_class_probs(batch['point_clouds']) if refs else None
+    rules = LogitsProcessorList()
+    if refs and grammar:
+        rules.append(processor.grammar([processor.object_records(c, None if probs is None else probs[i])
+                                        for i, c in enumerate(batch['point_clouds'])]))
     with torch.no_grad():
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, **decoding_kwargs(seed),
-                             pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress)
+                             pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress,
+                             logits_processor=rules)
     texts = processor.batch_decode(ids[:, batch['input_ids'].shape[1]:])
-    if not getattr(processor, 'object_refs', False):
+    if not refs:
         return [(t, t, answer_of_completion(t)) for t in texts]
-    probs = model.object_class_probs(batch['point_clouds'])
     out = []
     for i, (t, r) in enumerate(zip(texts, chunk)):
         cloud, p = batch['point_clouds'][i], None if probs is None else probs[i]
@@ -222,7 +230,7 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
 def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | None = None,
              train_records: Sequence[QARecord] | None = None, batch_size: int = 16, max_new_tokens: int = 256,
              device: str = 'cpu', encoder: str = 'minilm', predictions_path: str | Path | None = None,
-             regenerations: int = 0) -> dict:
+             regenerations: int = 0, grammar: bool = True) -> dict:
     """Score a checkpoint (``model_path``) or, without one, the answer-prior baseline (needs ``train_records``);
     ``regenerations``: sampled retries of refused answers, as the reasoner's parameter of that name."""
     if model_path is None:
@@ -234,7 +242,8 @@ def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | 
         model = R3DForConditionalGeneration.from_pretrained(str(model_path))
         processor = R3DProcessor.from_pretrained(str(model_path))
         raw, completions, answers = generate_completions(model, processor, records, clouds, batch_size,
-                                                         max_new_tokens, device, regenerations=regenerations)
+                                                         max_new_tokens, device, regenerations=regenerations,
+                                                         grammar=grammar)
         with_format = True
     if predictions_path is not None:
         with open(predictions_path, 'w', encoding='utf-8') as f:

@@ -87,6 +87,9 @@ class ReasonerNode(LifecycleNode):
         self.declare_parameter('regenerations', 2, describe('Sampled retries of an answer refused as ungrounded or '
                                                             'with an invalid plan (0: the greedy answer only)',
                                                             ints=(0, 8)))
+        self.declare_parameter('grammar', True, describe('Hold decoding to the grounded grammar: references only '
+                                                         "to the map's objects, facts with their arguments "
+                                                         '(r3d_ros.grammar_decoding)'))
         self.declare_parameter('queue_size', 4, describe('Queries waiting for the model before "busy"',
                                                       ints=(1, 256), read_only=True))
         self.declare_parameter('max_query_chars', 2000, describe('Longer questions are refused', ints=(1, 100_000)))
@@ -116,7 +119,7 @@ class ReasonerNode(LifecycleNode):
             self.pipeline = ScenePipeline.from_pretrained(
                 p('model_path') or None, device=p('device'), num_views=p('num_views'),
                 max_new_tokens=p('max_new_tokens'), max_question_chars=p('max_query_chars'),
-                regenerations=p('regenerations'))
+                regenerations=p('regenerations'), grammar=p('grammar'))
             self.get_logger().info(f'model loaded from {self.pipeline.model_path} on {self.pipeline.device}')
         except Exception as exc:  # noqa: BLE001 - keep running and answer every query with the reason
             self.pipeline, self.load_error = None, f'model load failed: {type(exc).__name__}: {exc}'

@@ -1,0 +1,211 @@
+"""Decoding held to the grounded grammar: the model can only write what :mod:`r3d_ros.grounding` can look up.
+
+A small model slips in the markup more than in the words: a fact with one argument too many, a stray ``]``,
+a reference to a slot the map has no object in, ``the chair <obj_5>`` where obj_5 is the table (the text is then
+rewritten to "table" and the answer is about the wrong object). Each of these is refused after decoding and
+costs a regeneration, or the answer. :class:`GroundedGrammar` is a ``transformers`` logits processor that
+masks, at every step, each next token that would make such a completion, from the text decoded so far:
+
+* a reference ``<obj_k>`` only to an object of the map's records; right after a class word (``the chair``),
+  only to a record of that class when the map has one (the text then names what the box is); where the model
+  puts most of its probability on some reference, only on the allowed ones (it chose to name an object; the
+  grammar only says which it may name, so masking its favourite does not push it into stray text);
+* inside a fact ``[name args]``: a name of :data:`r3d_ros.grounding.FACTS`, as many arguments as it takes, each
+  a reference (``o``) to an object the text has already named, as every training target does, or a class label
+  (``l``), and ``]`` only once they are all written; a plan step's object is likewise one already named and,
+  for ``pick`` / ``place`` / ``open`` / ..., one the plan has brought the robot to (the validator's rule);
+* ``<box>[class] <obj_k></box>`` and ``<step>action [class] <obj_k></step>`` in that shape; no other markup
+  (a raw ``<``, ``>``, ``]``, an encoder placeholder) anywhere, and the end only outside a fact, box or step.
+
+What stays the model's: which object, which fact, every word. The grammar is the reasoner's and the
+evaluation's (:func:`r3d_ros.pipeline.ScenePipeline`, ``training/evaluate.py``), so the figures measure
+what the robot gets. A hand-written processor because the grammar depends on each map's records (no
+maintained grammar library here takes a per-request vocabulary of object tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import re
+
+import torch
+from transformers import LogitsProcessor
+
+from r3d_ros.grounding import FACTS, REF, label_text
+from r3d_ros.output_format import ACTIONS, BOX_CLOSE, BOX_OPEN, MARKERS, PLAN_OPEN, STEP_CLOSE, STEP_OPEN, Box
+from r3d_ros.plan_validation import reachable
+from r3d_ros.scene_objects import ObjectRecord
+
+_MARKUP = re.compile(r'[<>\[\]]')
+_NAME = re.compile(r'[a-z_]*')
+_NAVIGATED = re.compile(rf'{STEP_OPEN}\s*navigate_to\s+(?:\S+\s+)?<(?P<id>obj_\d+)>')
+
+
+class GroundedGrammar(LogitsProcessor):
+    """Per batch row, the records its map has; masks the tokens that would leave the grounded grammar."""
+
+    def __init__(self, tokenizer, ref_token_ids: Sequence[int], records: Sequence[Sequence[ObjectRecord]],
+                 class_names: Sequence[str], eos_token_id: int | None = None):
+        self.refs = {int(t): f'obj_{k}' for k, t in enumerate(ref_token_ids)}
+        self.records = [{r.id: r for r in rows} for rows in records]
+        self._boxes = [{r.id: Box(r.id, tuple(r.center), tuple(r.size)) for r in rows} for rows in records]
+        self.labels = sorted({label_text(c) for c in class_names}
+                             | {label_text(r.label) for rows in records for r in rows}, key=len, reverse=True)
+        self.class_args = {c.replace(' ', '_') for c in class_names} | {r.label for rows in records for r in rows}
+        # the one word grounding reads before a box's / step's reference: 'trash_can', or a one-word class
+        self.tag_words = self.class_args | {w for w in self.labels if ' ' not in w}
+        self.eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        special = set(tokenizer.all_special_ids) | {tokenizer.convert_tokens_to_ids(m) for m in MARKERS}
+        self.markers = {tokenizer.convert_tokens_to_ids(m): m for m in MARKERS}
+        self.texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer))
+                      if i not in special and i not in self.refs}
+        self._free_text = [i for i, s in self.texts.items() if self._free_ok(s)]
+        self._ref_index = torch.tensor(sorted(self.refs))
+        self._prompt_len: int | None = None
+        self._decoded: list[list[str]] = [[] for _ in records]
+
+    # -- the grammar on text ----------------------------------------------------------------------
+    def _free_ok(self, s: str) -> bool:
+        """``s`` may follow free text: no markup but the opening of a fact that is a valid prefix."""
+        head, bracket, rest = s.partition('[')
+        if _MARKUP.search(head):
+            return False
+        return not bracket or self._fact_ok(rest, set())
+
+    def _fact_ok(self, fragment: str, pool: set[str]) -> bool:
+        """``fragment`` (after ``[``) is the start of a valid fact whose objects are in ``pool``, or a whole one
+        followed by free text."""
+        head, closed, tail = fragment.partition(']')
+        if closed:
+            return self._fact_args(head, pool, complete=True) and not _MARKUP.search(tail)
+        return self._fact_args(head, pool, complete=False)
+
+    def _fact_args(self, head: str, pool: set[str], complete: bool) -> bool:
+        name = _NAME.match(head)[0]
+        rest = head[len(name):]
+        if not rest and not complete:
+            return any(f.startswith(name) for f in FACTS)
+        if name not in FACTS or (rest and not rest[0].isspace()):
+            return False
+        kinds, args = FACTS[name][0], rest.split()
+        open_last = bool(args) and not rest[-1].isspace() and not complete
+        if len(args) > len(kinds) or (complete and len(args) != len(kinds)):
+            return False
+        for i, (kind, arg) in enumerate(zip(kinds, args)):
+            partial = open_last and i == len(args) - 1
+            if kind == 'o' and not ((m := REF.fullmatch(arg)) and m['id'] in pool):   # a ref is one token
+                return False
+            if kind == 'l' and not (any(c.startswith(arg) for c in self.class_args) if partial
+                                    else arg in self.class_args):
+                return False
+        return True
+
+    def _class_before(self, text: str) -> str | None:
+        """The class word ``text`` ends with ('... the trash can '), as grounding reads a word before a reference."""
+        if not text[-1:].isspace():
+            return None
+        body = text.rstrip()
+        for w in self.labels:
+            if body.endswith(w) and not body[:-len(w)][-1:].isalpha():
+                return w
+        return None
+
+    # -- per step ---------------------------------------------------------------------------------
+    def _state(self, text: str) -> tuple[str, str]:
+        """('fact' | 'box' | 'step' | 'free', the fragment after the opening)."""
+        cuts = {'fact': (text.rfind('['), text.rfind(']')), 'box': (text.rfind(BOX_OPEN), text.rfind(BOX_CLOSE)),
+                'step': (text.rfind(STEP_OPEN), text.rfind(STEP_CLOSE))}
+        opened = [(start, kind) for kind, (start, end) in cuts.items() if start > end]
+        if not opened:
+            return 'free', ''
+        start, kind = max(opened)
+        return kind, text[start + (1 if kind == 'fact' else len(BOX_OPEN if kind == 'box' else STEP_OPEN)):]
+
+    def _ref_ids(self, records: dict, word: str | None, pool: set[str] | None = None) -> list[int]:
+        """References that may come next: to the map's objects (those in ``pool`` when given); after a class word,
+        to the objects of that class when the map has any (in the pool first)."""
+        every = [t for t, rid in self.refs.items() if rid in records]
+        ids = [t for t in every if pool is None or self.refs[t] in pool]
+        if word is None:
+            return ids
+        same = lambda cands: [t for t in cands if label_text(records[self.refs[t]].label) == word]  # noqa: E731
+        return same(ids) or same(every) or ids
+
+    def allowed(self, row: int, text: str) -> list[int]:
+        """Token ids that may come next after ``text`` in row ``row``."""
+        records = self.records[row]
+        state, fragment = self._state(text)
+        if state == 'free':
+            markers = [t for t, m in self.markers.items() if m not in (BOX_CLOSE, STEP_CLOSE)]
+            return self._free_text + markers + [self.eos] + self._ref_ids(records, self._class_before(text))
+        if state == 'fact':
+            pool = self._mentioned(text, records)
+            ids = [i for i, s in self.texts.items() if self._fact_ok(fragment + s, pool)]
+            return ids + [t for t in self.refs if self._fact_ok(f'{fragment}<{self.refs[t]}>', pool)]
+        return self._object_tag(state, fragment, records, self._step_pool(text, fragment, row) if state == 'step'
+                                else None)
+
+    def _step_pool(self, text: str, fragment: str, row: int) -> set[str]:
+        """Objects a plan step may act on: ones the text named; for an action on an object, also ones the robot
+        can reach (navigated to, or next to one it navigated to: the validator's rule), so that the plan
+        validates."""
+        records = self.records[row]
+        pool = self._mentioned(text, records)
+        action = fragment.split()[0] if fragment.split() else ''
+        if action in ('', 'navigate_to'):
+            return pool
+        plan = text[text.rfind(PLAN_OPEN):] if PLAN_OPEN in text else ''
+        visited = {m['id'] for m in _NAVIGATED.finditer(plan)} & set(records)
+        boxes = self._boxes[row]
+        reach = {k for k in records if k in visited or reachable(boxes[k], visited, boxes)}
+        return (pool & reach) or reach or pool
+
+    @staticmethod
+    def _mentioned(text: str, records: dict) -> set[str]:
+        """The map's objects the completion has named so far (all of them before it names any): a fact's or a
+        plan step's object is one the text introduced ('the cup <obj_3>'), as in every training target."""
+        named = {m['id'] for m in REF.finditer(text)} & set(records)
+        return named or set(records)
+
+    def _object_tag(self, state: str, fragment: str, records: dict, pool: set[str] | None) -> list[int]:
+        """Inside ``<box>`` / ``<step>``: [action] [class word] ``<obj_k>``, then the closing marker."""
+        close = BOX_CLOSE if state == 'box' else STEP_CLOSE
+        words = fragment.split()
+        if REF.search(fragment):
+            spaces = [i for i, s in self.texts.items() if s.isspace()]
+            return spaces + [t for t, m in self.markers.items() if m == close]
+        need_action = state == 'step' and (not words or (len(words) == 1 and not fragment[-1:].isspace()))
+        ids = [i for i, s in self.texts.items() if self._tag_words_ok(fragment + s, state)]
+        if not need_action and (fragment[-1:].isspace() or not words):
+            word = words[-1] if len(words) > (state == 'step') else None
+            ids += self._ref_ids(records, label_text(word) if word in self.tag_words else None, pool)
+        return ids
+
+    def _tag_words_ok(self, s: str, state: str) -> bool:
+        if _MARKUP.search(s):
+            return False
+        words, open_last = s.split(), not s[-1:].isspace()
+        if state == 'step':
+            if not words:
+                return True
+            action, words = words[0], words[1:]
+            if not (any(a.startswith(action) for a in ACTIONS) if open_last and not words else action in ACTIONS):
+                return False
+        if len(words) > 1:
+            return False
+        return not words or any(w.startswith(words[0]) if open_last else w == words[0] for w in self.tag_words)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._prompt_len is None:
+            self._prompt_len = input_ids.shape[1]
+        mask = torch.ones_like(scores, dtype=torch.bool)
+        for row in range(input_ids.shape[0]):
+            done = self._decoded[row]
+            for t in input_ids[row, self._prompt_len + len(done):].tolist():
+                done.append(self.texts.get(t) or (f'<{self.refs[t]}>' if t in self.refs else self.markers.get(t, '')))
+            ids = [i for i in self.allowed(row, ''.join(done)) if i < scores.shape[1]]
+            refs = [i for i in ids if i in self.refs]
+            if refs and scores[row].softmax(-1)[self._ref_index].sum() >= 0.5:
+                ids = refs   # the model means to name an object here: the grammar only says which ones it may
+            mask[row, ids if ids else slice(None)] = False   # no way on (cannot happen): leave the row to the model
+        return scores.masked_fill(mask, float('-inf'))
