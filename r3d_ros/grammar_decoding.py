@@ -7,7 +7,8 @@ costs a regeneration, or the answer. :class:`GroundedGrammar` is a ``transformer
 masks, at every step, each next token that would make such a completion, from the text decoded so far:
 
 * a reference ``<obj_k>`` only to an object of the map's records; right after a class word (``the chair``),
-  only to a record of that class when the map has one (the text then names what the box is); where the model
+  only to a record of that class when the map has one (the text then names what the box is), and of the colour
+  the question gives it ('the brown nightstand') when one of them has that colour; where the model
   puts most of its probability on some reference, only on the allowed ones (it chose to name an object; the
   grammar only says which it may name, so masking its favourite does not push it into stray text);
 * inside a fact ``[name args]``: a name of :data:`r3d_ros.grounding.FACTS`, as many arguments as it takes, each
@@ -34,7 +35,7 @@ from transformers import LogitsProcessor
 from r3d_ros.grounding import FACTS, REF, label_text
 from r3d_ros.output_format import ACTIONS, BOX_CLOSE, BOX_OPEN, MARKERS, PLAN_OPEN, STEP_CLOSE, STEP_OPEN, Box
 from r3d_ros.plan_validation import reachable
-from r3d_ros.scene_objects import ObjectRecord
+from r3d_ros.scene_objects import COLOR_NAMES, ObjectRecord
 
 _MARKUP = re.compile(r'[<>\[\]]')
 _NAME = re.compile(r'[a-z_]*')
@@ -45,7 +46,8 @@ class GroundedGrammar(LogitsProcessor):
     """Per batch row, the records its map has; masks the tokens that would leave the grounded grammar."""
 
     def __init__(self, tokenizer, ref_token_ids: Sequence[int], records: Sequence[Sequence[ObjectRecord]],
-                 class_names: Sequence[str], eos_token_id: int | None = None):
+                 class_names: Sequence[str], eos_token_id: int | None = None,
+                 questions: Sequence[str] | None = None):
         self.refs = {int(t): f'obj_{k}' for k, t in enumerate(ref_token_ids)}
         self.records = [{r.id: r for r in rows} for rows in records]
         self._boxes = [{r.id: Box(r.id, tuple(r.center), tuple(r.size)) for r in rows} for rows in records]
@@ -54,6 +56,7 @@ class GroundedGrammar(LogitsProcessor):
         self.class_args = {c.replace(' ', '_') for c in class_names} | {r.label for rows in records for r in rows}
         # the one word grounding reads before a box's / step's reference: 'trash_can', or a one-word class
         self.tag_words = self.class_args | {w for w in self.labels if ' ' not in w}
+        self._described = [self._colours_named(q) for q in questions] if questions else [{} for _ in records]
         self.eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         special = set(tokenizer.all_special_ids) | {tokenizer.convert_tokens_to_ids(m) for m in MARKERS}
         self.markers = {tokenizer.convert_tokens_to_ids(m): m for m in MARKERS}
@@ -121,15 +124,23 @@ class GroundedGrammar(LogitsProcessor):
         start, kind = max(opened)
         return kind, text[start + (1 if kind == 'fact' else len(BOX_OPEN if kind == 'box' else STEP_OPEN)):]
 
-    def _ref_ids(self, records: dict, word: str | None, pool: set[str] | None = None) -> list[int]:
+    def _colours_named(self, question: str) -> dict[str, str]:
+        """{class word: colour} for each 'COLOUR CLASS' the question says ('the brown nightstand')."""
+        q = ' ' + re.sub(r'[^a-z ]', ' ', question.lower()) + ' '
+        return {w: c for w in self.labels for c in COLOR_NAMES if f' {c} {w} ' in q}
+
+    def _ref_ids(self, records: dict, word: str | None, pool: set[str] | None = None, row: int = 0) -> list[int]:
         """References that may come next: to the map's objects (those in ``pool`` when given); after a class word,
-        to the objects of that class when the map has any (in the pool first)."""
+        to the objects of that class when the map has any (in the pool first), and of the colour the question
+        gives that class when one of them has it."""
         every = [t for t, rid in self.refs.items() if rid in records]
         ids = [t for t in every if pool is None or self.refs[t] in pool]
         if word is None:
             return ids
         same = lambda cands: [t for t in cands if label_text(records[self.refs[t]].label) == word]  # noqa: E731
-        return same(ids) or same(every) or ids
+        ids = same(ids) or same(every) or ids
+        colour = self._described[row].get(word)
+        return [t for t in ids if records[self.refs[t]].color == colour] or ids
 
     def allowed(self, row: int, text: str) -> list[int]:
         """Token ids that may come next after ``text`` in row ``row``."""
@@ -137,12 +148,12 @@ class GroundedGrammar(LogitsProcessor):
         state, fragment = self._state(text)
         if state == 'free':
             markers = [t for t, m in self.markers.items() if m not in (BOX_CLOSE, STEP_CLOSE)]
-            return self._free_text + markers + [self.eos] + self._ref_ids(records, self._class_before(text))
+            return self._free_text + markers + [self.eos] + self._ref_ids(records, self._class_before(text), row=row)
         if state == 'fact':
             pool = self._mentioned(text, records)
             ids = [i for i, s in self.texts.items() if self._fact_ok(fragment + s, pool)]
             return ids + [t for t in self.refs if self._fact_ok(f'{fragment}<{self.refs[t]}>', pool)]
-        return self._object_tag(state, fragment, records, self._step_pool(text, fragment, row) if state == 'step'
+        return self._object_tag(state, fragment, row, self._step_pool(text, fragment, row) if state == 'step'
                                 else None)
 
     def _step_pool(self, text: str, fragment: str, row: int) -> set[str]:
@@ -167,8 +178,9 @@ class GroundedGrammar(LogitsProcessor):
         named = {m['id'] for m in REF.finditer(text)} & set(records)
         return named or set(records)
 
-    def _object_tag(self, state: str, fragment: str, records: dict, pool: set[str] | None) -> list[int]:
+    def _object_tag(self, state: str, fragment: str, row: int, pool: set[str] | None) -> list[int]:
         """Inside ``<box>`` / ``<step>``: [action] [class word] ``<obj_k>``, then the closing marker."""
+        records = self.records[row]
         close = BOX_CLOSE if state == 'box' else STEP_CLOSE
         words = fragment.split()
         if REF.search(fragment):
@@ -178,7 +190,7 @@ class GroundedGrammar(LogitsProcessor):
         ids = [i for i, s in self.texts.items() if self._tag_words_ok(fragment + s, state)]
         if not need_action and (fragment[-1:].isspace() or not words):
             word = words[-1] if len(words) > (state == 'step') else None
-            ids += self._ref_ids(records, label_text(word) if word in self.tag_words else None, pool)
+            ids += self._ref_ids(records, label_text(word) if word in self.tag_words else None, pool, row)
         return ids
 
     def _tag_words_ok(self, s: str, state: str) -> bool:

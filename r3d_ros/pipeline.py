@@ -219,7 +219,7 @@ class ScenePipeline:
             # that the same question on the same map gets the same retries
             t = time.perf_counter()
             text, n_tokens = self._decode(batch, stop_event, streamer if attempt == 0 else None, attempt or None,
-                                          objects)
+                                          objects, question)
             timings['generate_s'] += time.perf_counter() - t
             timings['new_tokens'], timings['regenerations'] = n_tokens, attempt
             result.raw, result.status, result.message = text, STATUS_OK, ''
@@ -238,7 +238,8 @@ class ScenePipeline:
         result.boxes = [Box(b.ref, b.center, b.size, category=labels.get(b.ref, '')) for b in parsed.boxes]
         result.format_valid = parsed.format_valid
 
-    def _decode(self, batch, stop_event, streamer, seed: int | None = None, objects=None) -> tuple[str, int]:
+    def _decode(self, batch, stop_event, streamer, seed: int | None = None, objects=None,
+                question: str = '') -> tuple[str, int]:
         """One completion (greedy, or sampled with ``seed``; markers kept, pad/eos dropped) and its length;
         held to the grounded grammar of ``objects`` (the map's records) when the pipeline's ``grammar`` is on."""
         import torch
@@ -252,7 +253,7 @@ class ScenePipeline:
         sampling = decoding_kwargs(seed)
         rules = LogitsProcessorList()
         if objects is not None and self.grammar:
-            rules.append(self.processor.grammar([objects[2]]))
+            rules.append(self.processor.grammar([objects[2]], [question]))
         with torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, **sampling, logits_processor=rules,
                                       stopping_criteria=StoppingCriteriaList([_Cancel()]), streamer=streamer)

@@ -2,6 +2,7 @@
 what grounding would refuse and leaves what it accepts, and the shipped model decoded under it writes no
 reference, fact or tag that grounding cannot resolve."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -130,3 +131,12 @@ def test_the_shipped_model_under_the_grammar_writes_only_what_grounds():
                 continue
             assert not any(e in res.message for e in grammar_errors), (res.raw, res.message)
     assert np.mean([r.status == 'ok' for r in results]) >= 0.5, [r.message for r in results]
+
+
+def test_the_colour_the_question_gives_picks_among_the_class(processor):
+    records, _, _ = _room(extra_chair=True)
+    records = [dataclasses.replace(r, color='red') if r.id == 'obj_3' else r for r in records]   # a red chair
+    red = processor.grammar([records], ['How tall is the red chair?']), processor.tokenizer
+    assert _refs(red, 'First, I find the chair ') == ['<obj_3>']
+    green = processor.grammar([records], ['How tall is the green chair?']), processor.tokenizer
+    assert _refs(green, 'First, I find the chair ') == ['<obj_1>', '<obj_3>']   # no green one: either chair

@@ -210,7 +210,7 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
     rules = LogitsProcessorList()
     if refs and grammar:
         rules.append(processor.grammar([processor.object_records(c, None if probs is None else probs[i])
-                                        for i, c in enumerate(batch['point_clouds'])]))
+                                        for i, c in enumerate(batch['point_clouds'])], [r.question for r in chunk]))
     with torch.no_grad():
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, **decoding_kwargs(seed),
                              pad_token_id=processor.tokenizer.pad_token_id, suppress_tokens=suppress,

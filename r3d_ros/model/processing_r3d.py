@@ -275,13 +275,13 @@ class R3DProcessor:
             class_probs = class_probs.detach().float().cpu().numpy()
         return records_from_slots(self.object_slots(cloud), class_probs, self.class_names)
 
-    def grammar(self, records):
-        """The logits processor that holds decoding to the grounded grammar, for one list of object records per
-        batch row (``r3d_ros.grammar_decoding``)."""
+    def grammar(self, records, questions=None):
+        """The logits processor that holds decoding to the grounded grammar, for one list of object records (and
+        the question) per batch row (``r3d_ros.grammar_decoding``)."""
         from r3d_ros.grammar_decoding import GroundedGrammar
 
         refs = [self.tokenizer.convert_tokens_to_ids(OBJECT_REF.format(k)) for k in range(self.num_object_tokens)]
-        return GroundedGrammar(self.tokenizer, refs, records, self.class_names)
+        return GroundedGrammar(self.tokenizer, refs, records, self.class_names, questions=questions)
 
     def ground(self, completion: str, cloud, class_probs=None, map_points=None, question: str | None = None):
         """The completion with its references, facts, boxes and plan steps filled in from the object records
