@@ -16,7 +16,8 @@ masks, at every step, each next token that would make such a completion, from th
   (``l``), and ``]`` only once they are all written; a plan step's object is likewise one already named and,
   for ``pick`` / ``place`` / ``open`` / ..., one the plan has brought the robot to (the validator's rule);
 * ``<box>[class] <obj_k></box>`` and ``<step>action [class] <obj_k></step>`` in that shape; no other markup
-  (a raw ``<``, ``>``, ``]``, an encoder placeholder) anywhere, and the end only outside a fact, box or step.
+  (a raw ``<``, ``>``, ``]``, an encoder placeholder) anywhere, and the end only outside a fact, box or step;
+* no digit anywhere (every number is a fact's value), and a colour word only one the question says.
 
 What stays the model's: which object, which fact, every word. The grammar is the reasoner's and the
 evaluation's (:func:`r3d_ros.pipeline.ScenePipeline`, ``training/evaluate.py``), so the figures measure
@@ -62,7 +63,13 @@ class GroundedGrammar(LogitsProcessor):
         self.markers = {tokenizer.convert_tokens_to_ids(m): m for m in MARKERS}
         self.texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer))
                       if i not in special and i not in self.refs}
-        self._free_text = [i for i, s in self.texts.items() if self._free_ok(s)]
+        # no number and no colour of the model's own: those come from facts; a colour word only as the question
+        # says it ('the black lamp'), as in every training target
+        colours = {i: s.strip() for i, s in self.texts.items() if s.strip() in COLOR_NAMES}
+        free = [i for i, s in self.texts.items() if self._free_ok(s) and not any(ch.isdigit() for ch in s)]
+        said = [{c for c in COLOR_NAMES if re.search(rf'\b{c}\b', q.lower())} for q in questions] if questions \
+            else [set(COLOR_NAMES) for _ in records]
+        self._free_text = [[i for i in free if i not in colours or colours[i] in row] for row in said]
         self._ref_index = torch.tensor(sorted(self.refs))
         self._prompt_len: int | None = None
         self._decoded: list[list[str]] = [[] for _ in records]
@@ -148,7 +155,8 @@ class GroundedGrammar(LogitsProcessor):
         state, fragment = self._state(text)
         if state == 'free':
             markers = [t for t, m in self.markers.items() if m not in (BOX_CLOSE, STEP_CLOSE)]
-            return self._free_text + markers + [self.eos] + self._ref_ids(records, self._class_before(text), row=row)
+            refs = self._ref_ids(records, self._class_before(text), row=row)
+            return self._free_text[row] + markers + [self.eos] + refs
         if state == 'fact':
             pool = self._mentioned(text, records)
             ids = [i for i, s in self.texts.items() if self._fact_ok(fragment + s, pool)]

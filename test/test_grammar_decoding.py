@@ -140,3 +140,13 @@ def test_the_colour_the_question_gives_picks_among_the_class(processor):
     assert _refs(red, 'First, I find the chair ') == ['<obj_3>']
     green = processor.grammar([records], ['How tall is the green chair?']), processor.tokenizer
     assert _refs(green, 'First, I find the chair ') == ['<obj_1>', '<obj_3>']   # no green one: either chair
+
+
+def test_no_number_and_no_colour_of_the_models_own(processor):
+    records, _, _ = _room()
+    g, tok = processor.grammar([records], ['How tall is the black lamp?']), processor.tokenizer
+    after = set(_text_of(tok, g.allowed(0, 'Next, there are ')))
+    typed = [s for s in after if not s.startswith('<obj_')]
+    assert typed and not any(ch.isdigit() for s in typed for ch in s)   # a count is [count ...], never typed
+    after = set(_text_of(tok, g.allowed(0, 'Finally, the')))
+    assert ' black' in after and not {' white', ' red', ' green'} & after

@@ -66,3 +66,23 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(PipelineError, match='no model checkpoint'):
         ScenePipeline.from_pretrained(tmp_path / 'nothing')
+
+
+def test_a_refused_answer_is_decoded_again_and_the_grounded_retry_published(pipe, monkeypatch):
+    """The first decoding names an object the map lacks (refused: ungrounded); the sampled retry grounds, and it
+    is what is published, with the retry counted in timings. Decoding is replaced by two fixed completions so
+    the test decides which attempt grounds; everything after it (grounding, status, publishing) is the real path."""
+    attempts = iter(['<think>I look.</think><answer>The lamp <obj_31> is here.</answer>',
+                     '<think>I count them.</think><answer>There [count lamp].</answer>'])
+    seeds = []
+
+    def decode(batch, stop_event, streamer, seed=None, objects=None, question=''):
+        seeds.append(seed)
+        return next(attempts), 12
+
+    monkeypatch.setattr(pipe, '_decode', decode)
+    res = pipe.answer(*_scene(), 'How many lamps are in the room?')
+    assert res.status == STATUS_OK, res.message
+    assert seeds == [None, 1] and res.timings['regenerations'] == 1       # greedy, then one sampled retry
+    assert res.answer_text.startswith('There ') and 'lamp' in res.answer_text and '[' not in res.answer_text
+    assert res.facts and res.facts[0]['fact'] == 'count'

@@ -361,12 +361,9 @@ def _grounding(scene, rng):
         return None
     obj, n = named[int(rng.integers(len(named)))]
     r = obj.ref
-    same = scene.objects_with_label(obj.label)
-    if len(same) > 1:
-        second = f'there are {len(same)} {plural(obj.label)}, and only the {_m(obj)} is {obj.color_name}.'
-    else:
-        second = f'there is only one {label_text(obj.label)}, the {_m(obj)}, so it is the one asked about.'
-    steps = [f'I search the scene for the {n}.', second,
+    # how many there are is a fact to look up, never a number the model writes (the grammar allows no digits)
+    steps = [f'I search the scene for the {n}.',
+             f'there [count {obj.label}], and the {_m(obj)} is the one asked about.',
              f'its points are centred at [center <{r}>].',
              f'the box of the {n} is centred at [center <{r}>] with size [size <{r}>].']
     answer = (f'The {_m(obj)} is centred at [center <{r}>] in the map frame and measures [size <{r}>] along x, y '
