@@ -63,16 +63,21 @@ class GroundedGrammar(LogitsProcessor):
         self.markers = {tokenizer.convert_tokens_to_ids(m): m for m in MARKERS}
         self.texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer))
                       if i not in special and i not in self.refs}
-        # no number and no colour of the model's own: those come from facts; a colour word only as the question
-        # says it ('the black lamp'), as in every training target
-        colours = {i: s.strip() for i, s in self.texts.items() if s.strip() in COLOR_NAMES}
-        free = [i for i, s in self.texts.items() if self._free_ok(s) and not any(ch.isdigit() for ch in s)]
-        said = [{c for c in COLOR_NAMES if re.search(rf'\b{c}\b', q.lower())} for q in questions] if questions \
-            else [set(COLOR_NAMES) for _ in records]
-        self._free_text = [[i for i in free if i not in colours or colours[i] in row] for row in said]
+        self._free_text = self._free_vocabulary(questions or [None] * len(records))
         self._ref_index = torch.tensor(sorted(self.refs))
         self._prompt_len: int | None = None
         self._decoded: list[list[str]] = [[] for _ in records]
+
+    def _free_vocabulary(self, questions: Sequence[str | None]) -> list[list[int]]:
+        """Per row, the text tokens free text may take: no markup, no digit (every number is a fact's value), and
+        a colour word only one the question says ('the black lamp'), as in every training target."""
+        colours = {i: s.strip() for i, s in self.texts.items() if s.strip() in COLOR_NAMES}
+        free = [i for i, s in self.texts.items() if self._free_ok(s) and not any(ch.isdigit() for ch in s)]
+        out = []
+        for q in questions:
+            said = set(COLOR_NAMES) if q is None else {c for c in COLOR_NAMES if re.search(rf'\b{c}\b', q.lower())}
+            out.append([i for i in free if i not in colours or colours[i] in said])
+        return out
 
     # -- the grammar on text ----------------------------------------------------------------------
     def _free_ok(self, s: str) -> bool:
