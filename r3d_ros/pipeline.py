@@ -173,7 +173,8 @@ class ScenePipeline:
             colors = np.asarray(colors, np.uint8) if colors is not None else np.full((len(points), 3), 128, np.uint8)
             with self._lock:
                 self._run(points, colors, question, result, stop_event, on_text)
-            if result.status == STATUS_OK and result.plan:
+            if result.status == STATUS_OK and result.plan and not result.objects:
+                # a model without object records: its plan is checked here (with records, published_status did)
                 self._check_plan(points, result, known_objects)
             if result.status in (STATUS_UNGROUNDED, STATUS_INVALID_PLAN):  # nothing ungrounded reaches a robot
                 result.boxes, result.plan, result.facts = [], [], []

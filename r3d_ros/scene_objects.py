@@ -71,7 +71,7 @@ class ObjectRecord(Extents):
 
 # ---------------------------------------------------------------------------------------------- colour
 
-def _lab(rgb: np.ndarray) -> np.ndarray:
+def lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB (..., 3) in 0..1 -> CIE L*a*b* (D65)."""
     rgb = np.asarray(rgb, np.float64)
     lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
@@ -85,7 +85,7 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
 def _reference_lab() -> np.ndarray:
     from matplotlib.colors import XKCD_COLORS, to_rgb
 
-    return _lab(np.array([to_rgb(XKCD_COLORS['xkcd:' + ('grey' if n == 'gray' else n)]) for n in COLOR_NAMES]))
+    return lab(np.array([to_rgb(XKCD_COLORS['xkcd:' + ('grey' if n == 'gray' else n)]) for n in COLOR_NAMES]))
 
 
 def color_name(rgb: np.ndarray) -> str:
@@ -97,7 +97,7 @@ def color_name(rgb: np.ndarray) -> str:
         rgb = rgb / 255.0
     brightness = rgb.sum(1)
     lit = rgb[brightness >= np.quantile(brightness, 0.5)]
-    d = ((_lab(np.median(lit, 0)) - _reference_lab()) ** 2).sum(1)
+    d = ((lab(np.median(lit, 0)) - _reference_lab()) ** 2).sum(1)
     return COLOR_NAMES[int(d.argmin())]
 
 

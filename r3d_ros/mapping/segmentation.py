@@ -12,7 +12,9 @@ Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for th
 3. DBSCAN on xyz plus ``color_weight`` x rgb (0..1): touching objects of different colours stay apart;
 4. parts below another segment join it: a segment whose top touches the underside of a larger segment and whose
    footprint lies under it (legs and side panels under a table top, which shading alone had split off: on the
-   val scenes a table came out as five proposals) is one object with it.
+   val scenes a table came out as five proposals) is one object with it;
+5. pieces of a wall the planes missed (a far, half-seen wall in a live map) are dropped: segments lying within
+   ``wall_band`` of a vertical bounding face of the map, in that wall's colour.
 
 Labels are per input point: -1 for structure and noise, else 0..K-1 with 0 the largest segment (most occupied
 voxels, so the order does not depend on how densely the cloud was sampled).
@@ -35,6 +37,8 @@ class SegmentationConfig:
     plane_distance: float = 0.03
     plane_fraction: float = 0.06
     min_plane_extent: float = 1.5
+    wall_band: float = 0.25       # m from a vertical bounding face of the map: where wall fragments lie
+    wall_color_tol: float = 15.0  # CIE76 distance to that wall's colour under which a segment is the wall
     max_points: int = 60000  # larger inputs are voxelised to a coarser grid first (DBSCAN cost)
 
 
@@ -93,6 +97,7 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
         feats = np.concatenate([vx[keep], cfg.color_weight * vrgb[keep]], axis=1)
         voxel_labels[keep] = DBSCAN(eps=cfg.eps, min_samples=cfg.min_points).fit_predict(feats)
     voxel_labels = _merge_parts_below(vx, voxel_labels, voxel)
+    voxel_labels = _drop_wall_fragments(vx, vrgb, voxel_labels, ~keep, cfg)
     # relabel by size (largest first), so a fixed number of object tokens keeps the biggest segments
     found = voxel_labels[voxel_labels >= 0]
     if len(found):
@@ -127,6 +132,45 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
         while root in parent:
             root = parent[root]
         out[labels == a] = root
+    return out
+
+
+def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, structure: np.ndarray,
+                         cfg: SegmentationConfig) -> np.ndarray:
+    """Step 5: segments that are pieces of a wall the planes missed -> structure (-1).
+
+    A wall a depth camera saw from metres away and in parts (its noise grows with range, ~4 cm at 5 m) does not
+    fit one 3 cm plane; it comes out as thin plates that the class head then names lamps and beds. A segment is
+    such a piece when (98 % of) its points lie within ``wall_band`` of one of the map's four vertical bounding
+    faces (1st / 99th percentile of x and y; a piece may span a corner) and its median colour is, within
+    ``wall_color_tol``, that of a wall it lies by (the structure points by that face, or all points by it when
+    no plane was found there); an object against the wall reaches further into the room, or has a colour of
+    its own.
+    """
+    from r3d_ros.scene_objects import lab
+
+    colours = lab(rgb)
+    lo, hi = np.percentile(xyz[:, :2], 1, axis=0), np.percentile(xyz[:, :2], 99, axis=0)
+    near, walls = [], []
+    for axis in (0, 1):
+        for face in (lo[axis], hi[axis]):
+            by_face = np.abs(xyz[:, axis] - face) <= cfg.wall_band
+            ref = by_face & structure if (by_face & structure).sum() >= 20 else by_face
+            if ref.any():
+                near.append(by_face)
+                walls.append(np.median(colours[ref], axis=0))
+    if not walls:
+        return labels
+    near = np.stack(near)                                   # (faces, N): point within the band of that face
+    out = labels.copy()
+    for k in np.unique(labels[labels >= 0]):
+        part = labels == k
+        touched = near[:, part].any(axis=1)
+        colour = np.median(colours[part], axis=0)
+        # (nearly) every point by some wall (a piece may span a corner), coloured like one of the walls it lies by
+        if near[:, part].any(axis=0).mean() >= 0.98 and any(np.linalg.norm(colour - walls[f]) <= cfg.wall_color_tol
+                                                   for f in np.flatnonzero(touched)):
+            out[part] = -1
     return out
 
 
