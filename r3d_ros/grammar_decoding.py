@@ -17,7 +17,8 @@ masks, at every step, each next token that would make such a completion, from th
   for ``pick`` / ``place`` / ``open`` / ..., one the plan has brought the robot to (the validator's rule);
 * ``<box>[class] <obj_k></box>`` and ``<step>action [class] <obj_k></step>`` in that shape; no other markup
   (a raw ``<``, ``>``, ``]``, an encoder placeholder) anywhere, and the end only outside a fact, box or step;
-* no digit anywhere (every number is a fact's value), and a colour word only one the question says.
+* no digit anywhere (every number is a fact's value), and a colour word only one the question says;
+* no more boxes than objects the text names (a small model otherwise repeats a box in place of the plan).
 
 What stays the model's: which object, which fact, every word. The grammar is the reasoner's and the
 evaluation's (:func:`r3d_ros.pipeline.ScenePipeline`, ``training/evaluate.py``), so the figures measure
@@ -40,6 +41,7 @@ from r3d_ros.scene_objects import COLOR_NAMES, ObjectRecord
 
 _MARKUP = re.compile(r'[<>\[\]]')
 _NAME = re.compile(r'[a-z_]*')
+_OBJECT_FACTS = ('nearest', 'support', 'between')   # facts whose value is an object (r3d_ros.grounding.FACTS)
 _NAVIGATED = re.compile(rf'{STEP_OPEN}\s*navigate_to\s+(?:\S+\s+)?<(?P<id>obj_\d+)>')
 
 
@@ -159,7 +161,8 @@ class GroundedGrammar(LogitsProcessor):
         records = self.records[row]
         state, fragment = self._state(text)
         if state == 'free':
-            markers = [t for t, m in self.markers.items() if m not in (BOX_CLOSE, STEP_CLOSE)]
+            closed = (BOX_CLOSE, STEP_CLOSE) + (() if self._may_box(text, records) else (BOX_OPEN,))
+            markers = [t for t, m in self.markers.items() if m not in closed]
             refs = self._ref_ids(records, self._class_before(text), row=row)
             return self._free_text[row] + markers + [self.eos] + refs
         if state == 'fact':
@@ -183,6 +186,15 @@ class GroundedGrammar(LogitsProcessor):
         boxes = self._boxes[row]
         reach = {k for k in records if k in visited or reachable(boxes[k], visited, boxes)}
         return (pool & reach) or reach or pool
+
+    @staticmethod
+    def _may_box(text: str, records: dict) -> bool:
+        """Another ``<box>`` only while fewer boxes than objects the text names (by reference or by an object-valued
+        fact such as ``[support <obj_3>]``): a box per object, as in the training targets, never a run of copies
+        in place of the plan."""
+        named = {m['id'] for m in REF.finditer(text)} & set(records)
+        found = sum(text.count(f'[{f} ') for f in _OBJECT_FACTS)
+        return text.count(BOX_OPEN) < len(named) + found
 
     @staticmethod
     def _mentioned(text: str, records: dict) -> set[str]:

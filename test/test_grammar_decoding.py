@@ -150,3 +150,14 @@ def test_no_number_and_no_colour_of_the_models_own(processor):
     assert typed and not any(ch.isdigit() for s in typed for ch in s)   # a count is [count ...], never typed
     after = set(_text_of(tok, g.allowed(0, 'Finally, the')))
     assert ' black' in after and not {' white', ' red', ' green'} & after
+
+
+def test_a_box_per_named_object_not_a_run_of_copies(grammar):
+    g, tok = grammar
+    after = lambda text: set(_text_of(tok, g.allowed(0, text)))  # noqa: E731
+    answer = '<answer>I inspect the lamp <obj_2> at [center <obj_2>]. '
+    assert '<box>' in after(answer)
+    boxed = answer + '<box>lamp <obj_2></box> '
+    assert '<box>' not in after(boxed) and '<plan>' in after(boxed)
+    support = '<answer>The lamp <obj_2> stands on the [support <obj_2>]. <box>lamp <obj_2></box> '
+    assert '<box>' in after(support)                                     # the support named by a fact gets its box
