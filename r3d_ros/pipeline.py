@@ -122,6 +122,28 @@ class ScenePipeline:
         self.max_new_tokens, self.max_question_chars = max_new_tokens, max_question_chars
         self.model_path = ''
         self._lock = threading.Lock()  # one generation at a time per model
+        # the selected views reach the model only through a view tower; without one they are reported, not used
+        self.uses_views = bool(getattr(getattr(model, 'config', None), 'use_views', False))
+        self._view_encoding_s = 0.0
+        if self.uses_views:
+            self._time_view_encoders()
+
+    def _time_view_encoders(self) -> None:
+        """Forward hooks on the view tower and depth encoder that add their wall time to ``_view_encoding_s``
+        (they run inside ``generate``, so timing them from outside would need a second forward)."""
+        started: list[float] = []
+
+        def before(module, args):
+            started.append(time.perf_counter())
+
+        def after(module, args, output):
+            self._view_encoding_s += time.perf_counter() - started.pop()
+
+        for name in ('vision_tower', 'depth_encoder'):
+            module = getattr(self.model, name, None)
+            if module is not None:
+                module.register_forward_pre_hook(before)
+                module.register_forward_hook(after)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = 'auto', num_views: int = 6,
@@ -214,6 +236,7 @@ class ScenePipeline:
         streamer = _TokenCallbackStreamer(tokenizer, on_text) if on_text is not None else None
         timings = result.timings
         timings['generate_s'] = timings['grounding_s'] = 0.0
+        self._view_encoding_s = 0.0
         objects = self._object_records(batch['point_clouds'])
         for attempt in range(1 + self.regenerations):
             # greedy first; a refused answer (ungrounded, invalid plan) is decoded again with sampling, seeded so
@@ -232,6 +255,7 @@ class ScenePipeline:
             timings['grounding_s'] += time.perf_counter() - t
             if result.status == STATUS_OK:
                 break
+        timings['view_encoding_s'] = self._view_encoding_s   # 0 for a checkpoint without a view tower
         parsed = parse_completion(text)
         result.think, result.answer = parsed.think, parsed.answer
         result.answer_text, result.plan = parsed.answer_text, parsed.plan

@@ -86,3 +86,19 @@ def test_a_refused_answer_is_decoded_again_and_the_grounded_retry_published(pipe
     assert seeds == [None, 1] and res.timings['regenerations'] == 1       # greedy, then one sampled retry
     assert res.answer_text.startswith('There ') and 'lamp' in res.answer_text and '[' not in res.answer_text
     assert res.facts and res.facts[0]['fact'] == 'count'
+
+
+def test_view_encoding_is_timed_and_a_checkpoint_without_a_view_tower_ignores_views(pipe):
+    """The embedded checkpoint has no view tower: views are selected and reported, encoding takes 0 s. A model
+    with one (tiny, random weights) gets the selected views, and their encoding time is in ``timings``."""
+    from r3d_ros.model.presets import build_tiny_model_and_processor
+    from r3d_ros.views import ViewSelector, ViewSelectorConfig
+
+    res = pipe.answer(*_scene(), 'Where is the lamp?')
+    assert not pipe.uses_views and res.views and res.timings['view_encoding_s'] == 0.0
+    model, proc = build_tiny_model_and_processor(with_views=True, num_points=256)
+    with_tower = ScenePipeline(model, proc, ViewSelector(ViewSelectorConfig(top_k=2)), num_views=2,
+                               max_new_tokens=4)
+    res = with_tower.answer(*_scene(), 'Where is the lamp?')
+    assert with_tower.uses_views and len(res.views) == 2, res.message
+    assert res.timings['view_encoding_s'] > 0.0

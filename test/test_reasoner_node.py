@@ -212,4 +212,12 @@ def test_each_bad_request_is_an_error_and_the_node_keeps_answering(launch_node, 
             break
         time.sleep(1.0)
     assert got['status'] in ('ok', 'invalid_plan', 'ungrounded'), got
+    assert got['views'] and got['timings']['view_encoding_s'] == 0.0
+    # the embedded checkpoint has no view tower: the node says the selected views are not fed to it
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    diag = ros_node.wait_for_message('diagnostics', DiagnosticArray, timeout=10)
+    values = {kv.key: kv.value for kv in diag.status[0].values}
+    assert values['views_used'] == 'False' and 'no view tower' in diag.status[0].message, diag
+    assert 'no view tower' in node.output()
     assert node.alive()

@@ -56,6 +56,7 @@ from r3d_ros.pipeline import (
 from r3d_ros.pointcloud import PointCloudError, xyz_rgb_from_cloud
 
 ANSWER_DEPTH = 100
+VIEWS_IGNORED = 'the checkpoint has no view tower: selected views are reported in answers, not fed to the model'
 
 
 def parse_query(text: str) -> dict:
@@ -121,6 +122,8 @@ class ReasonerNode(LifecycleNode):
                 max_new_tokens=p('max_new_tokens'), max_question_chars=p('max_query_chars'),
                 regenerations=p('regenerations'), grammar=p('grammar'))
             self.get_logger().info(f'model loaded from {self.pipeline.model_path} on {self.pipeline.device}')
+            if not self.pipeline.uses_views and self.pipeline.selector is not None:
+                self.get_logger().warning(VIEWS_IGNORED)
         except Exception as exc:  # noqa: BLE001 - keep running and answer every query with the reason
             self.pipeline, self.load_error = None, f'model load failed: {type(exc).__name__}: {exc}'
             self.get_logger().error(self.load_error)
@@ -345,13 +348,19 @@ class ReasonerNode(LifecycleNode):
                                                  else f'[{result.status}] {result.message}'))
         self._pubs['answer'].publish(String(data=json.dumps(payload)))
 
+    def _diagnostics_message(self) -> str:
+        if self.pipeline is None:
+            return self.load_error or 'no model'
+        return 'ok' if self.pipeline.uses_views or self.pipeline.selector is None else 'ok; ' + VIEWS_IGNORED
+
     def _publish_diagnostics(self) -> None:
         if 'diagnostics' not in self._pubs:
             return
         lat = np.asarray(self._latencies) if self._latencies else np.zeros(1)
         values = {'queue_depth': self._queue.qsize() if self._queue else 0, 'model_loaded': self.pipeline is not None,
                   'latency_p50_s': float(np.percentile(lat, 50)), 'latency_p95_s': float(np.percentile(lat, 95)),
-                  'map_points': 0 if self._map is None else len(self._map[0])}
+                  'map_points': 0 if self._map is None else len(self._map[0]),
+                  'views_used': bool(self.pipeline and self.pipeline.uses_views)}
         try:
             import torch
 
@@ -362,7 +371,7 @@ class ReasonerNode(LifecycleNode):
             pass
         status = DiagnosticStatus(name='reasoner', hardware_id='r3d_ros',
                                   level=DiagnosticStatus.OK if self.pipeline else DiagnosticStatus.ERROR,
-                                  message='ok' if self.pipeline else (self.load_error or 'no model'))
+                                  message=self._diagnostics_message())
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
