@@ -72,6 +72,19 @@ def test_forward_backward_shapes(tiny):
     model.zero_grad()
 
 
+def test_the_view_tokens_change_the_output(tiny):
+    """Same question and cloud, other views (other pixels, other depths): other next-token scores; the views
+    reach the language model, they are not decoration."""
+    model, proc = tiny
+    logits = []
+    for seed in (0, 1):
+        v, d = _views(seed, 3)
+        batch = proc(questions=QUESTIONS[:1], point_clouds=[_cloud(0)], views=[v], depths=[d])
+        with torch.no_grad():
+            logits.append(model(**batch).logits[0, -1])
+    assert not torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
 def test_overfits_a_small_batch_then_generates_the_targets_exactly():
     model, proc = build_tiny_model_and_processor(with_views=False, num_points=256, seed=1)
     clouds = [_cloud(1, 400), _cloud(2, 400)]
