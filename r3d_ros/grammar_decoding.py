@@ -18,7 +18,8 @@ masks, at every step, each next token that would make such a completion, from th
 * ``<box>[class] <obj_k></box>`` and ``<step>action [class] <obj_k></step>`` in that shape; no other markup
   (a raw ``<``, ``>``, ``]``, an encoder placeholder) anywhere, and the end only outside a fact, box or step;
 * no digit anywhere (every number is a fact's value), and a colour word only one the question says;
-* no more boxes than objects the text names (a small model otherwise repeats a box in place of the plan).
+* no more boxes than objects the text names (a small model otherwise repeats a box in place of the plan), each
+  on an object the text named or an object-valued fact found (``[support <obj_3>]``).
 
 What stays the model's: which object, which fact, every word. The grammar is the reasoner's and the
 evaluation's (:func:`r3d_ros.pipeline.ScenePipeline`, ``training/evaluate.py``), so the figures measure
@@ -34,7 +35,7 @@ import re
 import torch
 from transformers import LogitsProcessor
 
-from r3d_ros.grounding import FACTS, REF, label_text
+from r3d_ros.grounding import FACT, FACTS, REF, GroundingError, Scene, evaluate_fact, label_text
 from r3d_ros.output_format import ACTIONS, BOX_CLOSE, BOX_OPEN, MARKERS, PLAN_OPEN, STEP_CLOSE, STEP_OPEN, Box
 from r3d_ros.plan_validation import reachable
 from r3d_ros.scene_objects import COLOR_NAMES, ObjectRecord
@@ -53,6 +54,7 @@ class GroundedGrammar(LogitsProcessor):
                  questions: Sequence[str] | None = None):
         self.refs = {int(t): f'obj_{k}' for k, t in enumerate(ref_token_ids)}
         self.records = [{r.id: r for r in rows} for rows in records]
+        self._scenes = [Scene.of(list(rows), classes=class_names) for rows in records]
         self._boxes = [{r.id: Box(r.id, tuple(r.center), tuple(r.size)) for r in rows} for rows in records]
         self.labels = sorted({label_text(c) for c in class_names}
                              | {label_text(r.label) for rows in records for r in rows}, key=len, reverse=True)
@@ -110,8 +112,8 @@ class GroundedGrammar(LogitsProcessor):
             return False
         for i, (kind, arg) in enumerate(zip(kinds, args)):
             partial = open_last and i == len(args) - 1
-            if kind == 'o' and not ((m := REF.fullmatch(arg)) and m['id'] in pool):   # a ref is one token
-                return False
+            if kind == 'o' and not ((m := REF.fullmatch(arg)) and m['id'] in pool and arg not in args[:i]):
+                return False   # a ref is one token; a relation is between different objects
             if kind == 'l' and not (any(c.startswith(arg) for c in self.class_args) if partial
                                     else arg in self.class_args):
                 return False
@@ -143,16 +145,19 @@ class GroundedGrammar(LogitsProcessor):
         q = ' ' + re.sub(r'[^a-z ]', ' ', question.lower()) + ' '
         return {w: c for w in self.labels for c in COLOR_NAMES if f' {c} {w} ' in q}
 
-    def _ref_ids(self, records: dict, word: str | None, pool: set[str] | None = None, row: int = 0) -> list[int]:
+    def _ref_ids(self, records: dict, word: str | None, pool: set[str] | None = None, row: int = 0,
+                 strict: bool = False) -> list[int]:
         """References that may come next: to the map's objects (those in ``pool`` when given); after a class word,
-        to the objects of that class when the map has any (in the pool first), and of the colour the question
-        gives that class when one of them has it."""
+        to the objects of that class when the map has any (in the pool first; ``strict``: only in the pool, as a
+        box keeps to what the text speaks of), and of the colour the question gives that class when one has it.
+        A plan step is not strict: 'pick chair' stays a chair, and a plan that then fails validation is refused
+        and retried rather than turned into picking up something else."""
         every = [t for t, rid in self.refs.items() if rid in records]
         ids = [t for t in every if pool is None or self.refs[t] in pool]
         if word is None:
             return ids
         same = lambda cands: [t for t in cands if label_text(records[self.refs[t]].label) == word]  # noqa: E731
-        ids = same(ids) or same(every) or ids
+        ids = same(ids) or (same(every) if not strict else []) or ids
         colour = self._described[row].get(word)
         return [t for t in ids if records[self.refs[t]].color == colour] or ids
 
@@ -169,8 +174,22 @@ class GroundedGrammar(LogitsProcessor):
             pool = self._mentioned(text, records)
             ids = [i for i, s in self.texts.items() if self._fact_ok(fragment + s, pool)]
             return ids + [t for t in self.refs if self._fact_ok(f'{fragment}<{self.refs[t]}>', pool)]
-        return self._object_tag(state, fragment, row, self._step_pool(text, fragment, row) if state == 'step'
-                                else None)
+        pool = self._step_pool(text, fragment, row) if state == 'step' else self._box_pool(text, row)
+        return self._object_tag(state, fragment, row, pool)
+
+    def _box_pool(self, text: str, row: int) -> set[str]:
+        """Objects a box may show: ones the text named, and the values of its object-valued facts (the support
+        ``[support <obj_3>]`` found), so that a box never shows an object the text does not speak of."""
+        records = self.records[row]
+        pool = {m['id'] for m in REF.finditer(text)} & set(records)
+        for m in FACT.finditer(text):
+            if m['name'] in _OBJECT_FACTS:
+                try:
+                    value = evaluate_fact(self._scenes[row], m['name'], m['args'].split())[1]
+                except GroundingError:
+                    continue
+                pool |= {value} & set(records)
+        return pool or set(records)
 
     def _step_pool(self, text: str, fragment: str, row: int) -> set[str]:
         """Objects a plan step may act on: ones the text named; for an action on an object, also ones the robot
@@ -215,7 +234,8 @@ class GroundedGrammar(LogitsProcessor):
         ids = [i for i, s in self.texts.items() if self._tag_words_ok(fragment + s, state)]
         if not need_action and (fragment[-1:].isspace() or not words):
             word = words[-1] if len(words) > (state == 'step') else None
-            ids += self._ref_ids(records, label_text(word) if word in self.tag_words else None, pool, row)
+            ids += self._ref_ids(records, label_text(word) if word in self.tag_words else None, pool, row,
+                                 strict=state == 'box')
         return ids
 
     def _tag_words_ok(self, s: str, state: str) -> bool:

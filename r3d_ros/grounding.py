@@ -32,7 +32,7 @@ from r3d_ros.scene_objects import ObjectRecord
 
 #: a reference: ``<obj_7>`` from the model, ``<chair_3>`` in ground-truth templates
 REF = re.compile(r'<(?P<id>[a-z][a-z_]*_\d+)>')
-_FACT = re.compile(r'\[(?P<name>[a-z_]+)(?P<args>(?:\s+[^\s\[\]]+)*)\s*\]')
+FACT = re.compile(r'\[(?P<name>[a-z_]+)(?P<args>(?:\s+[^\s\[\]]+)*)\s*\]')
 _BOX = re.compile(r'<box>\s*(?:[A-Za-z][\w\-]*\s+)?<(?P<id>[a-z][a-z_]*_\d+)>\s*</box>')
 _STEP = re.compile(r'<step>\s*(?P<action>[a-z_]+)\s+(?:[A-Za-z][\w\-]*\s+)?<(?P<id>[a-z][a-z_]*_\d+)>\s*</step>')
 
@@ -391,7 +391,7 @@ def ground(text: str, scene: Scene, question: str | None = None) -> Grounded:
 
     text = _BOX.sub(box, text)
     text = _STEP.sub(step, text)
-    text = _FACT.sub(fact, text)
+    text = FACT.sub(fact, text)
     text = _class_words(scene).sub(mention, text)
     out.text, out.refs = REF.sub(mention, text), refs
     stray = _markup_left(out.text)

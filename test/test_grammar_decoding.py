@@ -161,3 +161,14 @@ def test_a_box_per_named_object_not_a_run_of_copies(grammar):
     assert '<box>' not in after(boxed) and '<plan>' in after(boxed)
     support = '<answer>The lamp <obj_2> stands on the [support <obj_2>]. <box>lamp <obj_2></box> '
     assert '<box>' in after(support)                                     # the support named by a fact gets its box
+
+
+def test_a_relation_is_between_different_objects_and_a_box_shows_what_the_text_speaks_of(grammar):
+    g, tok = grammar
+    after = lambda text: set(_text_of(tok, g.allowed(0, text)))  # noqa: E731
+    named = 'Standing at the chair <obj_1> facing the table <obj_0>, the lamp <obj_2> is on my [side <obj_1> '
+    assert '<obj_1>' not in after(named) and '<obj_0>' in after(named)
+    # the lamp stands on the table: a box after [support <obj_2>] may show the table, not the chair the text
+    # never spoke of, even when the model calls it a chair
+    support = '<answer>The lamp <obj_2> stands on the [support <obj_2>]. <box>lamp <obj_2></box> <box>chair '
+    assert _refs(grammar, support) == ['<obj_0>', '<obj_2>']
