@@ -171,9 +171,10 @@ class GroundedGrammar(LogitsProcessor):
             refs = self._ref_ids(records, self._class_before(text), row=row)
             return self._free_text[row] + markers + [self.eos] + refs
         if state == 'fact':
-            pool = self._mentioned(text, records)
-            ids = [i for i, s in self.texts.items() if self._fact_ok(fragment + s, pool)]
-            return ids + [t for t in self.refs if self._fact_ok(f'{fragment}<{self.refs[t]}>', pool)]
+            ids = self._fact_next(fragment, self._mentioned(text, records))
+            if all(i in self.texts and self.texts[i].isspace() for i in ids):
+                ids = self._fact_next(fragment, set(records))   # it needs an object the text has not named
+            return ids
         pool = self._step_pool(text, fragment, row) if state == 'step' else self._box_pool(text, row)
         return self._object_tag(state, fragment, row, pool)
 
@@ -190,6 +191,10 @@ class GroundedGrammar(LogitsProcessor):
                     continue
                 pool |= {value} & set(records)
         return pool or set(records)
+
+    def _fact_next(self, fragment: str, pool: set[str]) -> list[int]:
+        ids = [i for i, s in self.texts.items() if self._fact_ok(fragment + s, pool)]
+        return ids + [t for t in self.refs if self._fact_ok(f'{fragment}<{self.refs[t]}>', pool)]
 
     def _step_pool(self, text: str, fragment: str, row: int) -> set[str]:
         """Objects a plan step may act on: ones the text named; for an action on an object, also ones the robot

@@ -147,3 +147,5 @@ def test_pieces_of_a_half_seen_wall_are_not_objects():
     assert len(furniture) == 4
     for obj in furniture:
         assert max(_iou(c, s, obj.center, obj.size) for c, s in boxes) >= 0.25, obj.label
+    # and nothing else: the table's legs are part of the table, not proposals of their own
+    assert len(boxes) <= len(scene.objects), [(np.round(c, 2), np.round(s, 2)) for c, s in boxes]

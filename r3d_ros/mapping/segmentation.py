@@ -10,11 +10,12 @@ Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for th
 2. remove large horizontal/vertical planes (floor, walls, ceiling): RANSAC, a plane counts when it holds at
    least ``plane_fraction`` of the points and spans ``min_plane_extent`` m in two directions;
 3. DBSCAN on xyz plus ``color_weight`` x rgb (0..1): touching objects of different colours stay apart;
-4. parts below another segment join it: a segment whose top touches the underside of a larger segment and whose
+4. pieces of a wall the planes missed (a far, half-seen wall in a live map) are dropped: segments lying within
+   ``wall_band`` of a vertical bounding face of the map, in that wall's colour;
+5. parts below another segment join it: a segment whose top touches the underside of a larger segment and whose
    footprint lies under it (legs and side panels under a table top, which shading alone had split off: on the
-   val scenes a table came out as five proposals) is one object with it;
-5. pieces of a wall the planes missed (a far, half-seen wall in a live map) are dropped: segments lying within
-   ``wall_band`` of a vertical bounding face of the map, in that wall's colour.
+   val scenes a table came out as five proposals) is one object with it, and so is a thin part (<= 15 cm across:
+   a leg, a panel) standing inside its box (a table whose top took some legs already reaches the floor).
 
 Labels are per input point: -1 for structure and noise, else 0..K-1 with 0 the largest segment (most occupied
 voxels, so the order does not depend on how densely the cloud was sampled).
@@ -96,8 +97,8 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
     if keep.sum() >= cfg.min_points:
         feats = np.concatenate([vx[keep], cfg.color_weight * vrgb[keep]], axis=1)
         voxel_labels[keep] = DBSCAN(eps=cfg.eps, min_samples=cfg.min_points).fit_predict(feats)
-    voxel_labels = _merge_parts_below(vx, voxel_labels, voxel)
     voxel_labels = _drop_wall_fragments(vx, vrgb, voxel_labels, ~keep, cfg)
+    voxel_labels = _merge_parts_below(vx, voxel_labels, voxel)
     # relabel by size (largest first), so a fixed number of object tokens keeps the biggest segments
     found = voxel_labels[voxel_labels >= 0]
     if len(found):
@@ -111,7 +112,7 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
 
 
 def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: float = 0.08) -> np.ndarray:
-    """Join each segment to the larger segment resting on it from above (see the module docstring, step 4)."""
+    """Join each segment to the larger segment resting on it from above (see the module docstring, step 5)."""
     ids = [k for k in np.unique(labels) if k >= 0]
     boxes = {k: (xyz[labels == k].min(0), xyz[labels == k].max(0)) for k in ids}
     area = {k: float(np.prod(np.maximum(hi - lo, voxel)[:2])) for k, (lo, hi) in boxes.items()}
@@ -123,7 +124,10 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
             if b == a or area[b] <= 2 * area[a]:
                 continue
             under = np.all(alo[:2] >= blo[:2] - voxel) and np.all(ahi[:2] <= bhi[:2] + voxel)
-            if under and abs(float(ahi[2] - blo[2])) <= gap and ahi[2] < bhi[2]:
+            # its top touches the other's underside; or it is a thin part (a leg, a side panel) standing wholly
+            # inside the other's box, below its top (a table whose top already took some legs reaches the floor)
+            thin_inside = min(ahi[:2] - alo[:2]) <= 0.15 and alo[2] >= blo[2] - voxel
+            if under and (abs(float(ahi[2] - blo[2])) <= gap or thin_inside) and ahi[2] < bhi[2]:
                 parent[a] = b
                 break
     out = labels.copy()
@@ -137,7 +141,7 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
 
 def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, structure: np.ndarray,
                          cfg: SegmentationConfig) -> np.ndarray:
-    """Step 5: segments that are pieces of a wall the planes missed -> structure (-1).
+    """Step 4: segments that are pieces of a wall the planes missed -> structure (-1).
 
     A wall a depth camera saw from metres away and in parts (its noise grows with range, ~4 cm at 5 m) does not
     fit one 3 cm plane; it comes out as thin plates that the class head then names lamps and beds. A segment is
