@@ -18,6 +18,8 @@ masks, at every step, each next token that would make such a completion, from th
 * ``<box>[class] <obj_k></box>`` and ``<step>action [class] <obj_k></step>`` in that shape; no other markup
   (a raw ``<``, ``>``, ``]``, an encoder placeholder) anywhere, and the end only outside a fact, box or step;
 * no digit anywhere (every number is a fact's value), and a colour word only one the question says;
+* the sections in order (``<think>`` ... ``</think><answer>`` ... ``</answer>``, boxes and one plan of steps in
+  the answer, the end only after it), so a completion is always well-formed unless cut off by the budget;
 * no more boxes than objects the text names (a small model otherwise repeats a box in place of the plan), each
   on an object the text named or an object-valued fact found (``[support <obj_3>]``).
 
@@ -36,7 +38,21 @@ import torch
 from transformers import LogitsProcessor
 
 from r3d_ros.grounding import FACT, FACTS, REF, GroundingError, Scene, evaluate_fact, label_text
-from r3d_ros.output_format import ACTIONS, BOX_CLOSE, BOX_OPEN, MARKERS, PLAN_OPEN, STEP_CLOSE, STEP_OPEN, Box
+from r3d_ros.output_format import (
+    ACTIONS,
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    BOX_CLOSE,
+    BOX_OPEN,
+    MARKERS,
+    PLAN_CLOSE,
+    PLAN_OPEN,
+    STEP_CLOSE,
+    STEP_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    Box,
+)
 from r3d_ros.plan_validation import reachable
 from r3d_ros.scene_objects import COLOR_NAMES, ObjectRecord
 
@@ -68,6 +84,7 @@ class GroundedGrammar(LogitsProcessor):
         self.texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer))
                       if i not in special and i not in self.refs}
         self._free_text = self._free_vocabulary(questions or [None] * len(records))
+        self._spaces = [i for i, s in self.texts.items() if s.isspace()]
         self._ref_index = torch.tensor(sorted(self.refs))
         self._prompt_len: int | None = None
         self._decoded: list[list[str]] = [[] for _ in records]
@@ -166,10 +183,7 @@ class GroundedGrammar(LogitsProcessor):
         records = self.records[row]
         state, fragment = self._state(text)
         if state == 'free':
-            closed = (BOX_CLOSE, STEP_CLOSE) + (() if self._may_box(text, records) else (BOX_OPEN,))
-            markers = [t for t, m in self.markers.items() if m not in closed]
-            refs = self._ref_ids(records, self._class_before(text), row=row)
-            return self._free_text[row] + markers + [self.eos] + refs
+            return self._free_next(row, text)
         if state == 'fact':
             ids = self._fact_next(fragment, self._mentioned(text, records))
             if all(i in self.texts and self.texts[i].isspace() for i in ids):
@@ -191,6 +205,24 @@ class GroundedGrammar(LogitsProcessor):
                     continue
                 pool |= {value} & set(records)
         return pool or set(records)
+
+    def _free_next(self, row: int, text: str) -> list[int]:
+        """Outside a fact, box or step: the completion's sections in order, ``<think>`` reasoning ``</think>``
+        ``<answer>`` text, boxes and at most one ``<plan>`` of steps ``</answer>``, then the end."""
+        ids = {m: t for t, m in self.markers.items()}
+        if THINK_OPEN not in text:
+            return [ids[THINK_OPEN]]
+        if THINK_CLOSE not in text or ANSWER_OPEN not in text:
+            words = self._free_text[row] + self._ref_ids(self.records[row], self._class_before(text), row=row)
+            return words + [ids[THINK_CLOSE]] if THINK_CLOSE not in text else [ids[ANSWER_OPEN]]
+        if ANSWER_CLOSE in text:
+            return [self.eos]
+        plan = text[text.rfind(PLAN_OPEN):] if PLAN_OPEN in text else ''
+        if plan and PLAN_CLOSE not in plan:   # between steps: the next step, or the end of a plan that has one
+            return self._spaces + [ids[STEP_OPEN]] + ([ids[PLAN_CLOSE]] if STEP_CLOSE in plan else [])
+        words = self._free_text[row] + self._ref_ids(self.records[row], self._class_before(text), row=row)
+        return words + [ids[ANSWER_CLOSE]] + ([ids[BOX_OPEN]] if self._may_box(text, self.records[row]) else []) \
+            + ([] if plan else [ids[PLAN_OPEN]])
 
     def _fact_next(self, fragment: str, pool: set[str]) -> list[int]:
         ids = [i for i, s in self.texts.items() if self._fact_ok(fragment + s, pool)]

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from r3d_ros.output_format import Box, PlanStep, parse_completion
+from r3d_ros.output_format import Box, PlanStep, is_format_valid, parse_completion
 from r3d_ros.plan_validation import validate_plan
 
 ASSETS = Path(__file__).resolve().parent / 'assets'
@@ -343,6 +343,9 @@ def published_status(grounded, records, points: np.ndarray) -> tuple[str, str]:
     if not grounded.ok:
         status = STATUS_INVALID_PLAN if has_plan else STATUS_UNGROUNDED
         return status, 'answer not grounded on the map: ' + '; '.join(grounded.errors)
+    if not is_format_valid(grounded.text):   # cut off by the token budget: half an answer is not an answer
+        return (STATUS_INVALID_PLAN if has_plan else STATUS_UNGROUNDED,
+                'answer incomplete: not one <think>...</think><answer>...</answer> (max_new_tokens reached?)')
     plan = parse_completion(grounded.text).plan
     if has_plan or plan:
         objects = {r.id: Box(r.id, tuple(r.center), tuple(r.size)) for r in records}

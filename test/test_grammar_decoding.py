@@ -31,9 +31,18 @@ def _text_of(tokenizer, ids):
     return [tokenizer.convert_ids_to_tokens(i) if i >= 650 or i < 18 else tokenizer.decode([i]) for i in ids]
 
 
+def _c(text):
+    """``text`` placed where it would stand in a completion: in the reasoning, or in the answer for a box or plan."""
+    if text.startswith('<think>'):
+        return text
+    if text.startswith('<answer>'):
+        return '<think>x</think>' + text
+    return ('<think>x</think><answer>' if '<plan>' in text or '<box>' in text else '<think>') + text
+
+
 def _refs(grammar_and_tok, text):
     g, tok = grammar_and_tok
-    return sorted(t for t in _text_of(tok, g.allowed(0, text)) if t.startswith('<obj_'))
+    return sorted(t for t in _text_of(tok, g.allowed(0, _c(text))) if t.startswith('<obj_'))
 
 
 def test_references_exist_and_follow_the_class_word(grammar):
@@ -45,7 +54,7 @@ def test_references_exist_and_follow_the_class_word(grammar):
 
 def test_facts_take_their_names_and_arguments(grammar):
     g, tok = grammar
-    after = lambda text: set(_text_of(tok, g.allowed(0, text)))  # noqa: E731
+    after = lambda text: set(_text_of(tok, g.allowed(0, _c(text))))  # noqa: E731
     for s in after('The cup is [col'):   # each way on spells a fact's name
         name = re.match('[a-z_]*', 'col' + s)[0]
         assert any(f.startswith(name) for f in G.FACTS) and (name == 'col' + s or name in G.FACTS), s
@@ -63,7 +72,7 @@ def test_facts_take_their_names_and_arguments(grammar):
 
 def test_boxes_and_steps_have_the_grounded_shape(grammar):
     g, tok = grammar
-    after = lambda text: set(_text_of(tok, g.allowed(0, text)))  # noqa: E731
+    after = lambda text: set(_text_of(tok, g.allowed(0, _c(text))))  # noqa: E731
     assert '</box>' not in after('<answer><box>chair ') and '<obj_1>' in after('<answer><box>chair ')
     assert '<obj_2>' not in after('<answer><box>chair ')              # the chair's box is a chair's
     assert '</box>' in after('<answer><box>chair <obj_1>') and '</box>' not in after('The answer')
@@ -99,7 +108,7 @@ def test_a_reference_the_model_means_stays_a_reference(processor):
     g, tok = processor.grammar([records]), processor.tokenizer
     prompt = torch.zeros((1, 2), dtype=torch.long)
     g(prompt, torch.zeros(1, 700))
-    ids = torch.tensor([tok('the chair ', add_special_tokens=False)['input_ids']])
+    ids = torch.tensor([tok('<think>the chair ', add_special_tokens=False)['input_ids']])
     scores = torch.zeros(1, 700)
     scores[0, tok.convert_tokens_to_ids('<obj_0>')] = 20.0     # the table
     scores[0, tok.convert_tokens_to_ids('<plan>')] = 5.0
@@ -145,16 +154,16 @@ def test_the_colour_the_question_gives_picks_among_the_class(processor):
 def test_no_number_and_no_colour_of_the_models_own(processor):
     records, _, _ = _room()
     g, tok = processor.grammar([records], ['How tall is the black lamp?']), processor.tokenizer
-    after = set(_text_of(tok, g.allowed(0, 'Next, there are ')))
+    after = set(_text_of(tok, g.allowed(0, _c('Next, there are '))))
     typed = [s for s in after if not s.startswith('<obj_')]
     assert typed and not any(ch.isdigit() for s in typed for ch in s)   # a count is [count ...], never typed
-    after = set(_text_of(tok, g.allowed(0, 'Finally, the')))
+    after = set(_text_of(tok, g.allowed(0, _c('Finally, the'))))
     assert ' black' in after and not {' white', ' red', ' green'} & after
 
 
 def test_a_box_per_named_object_not_a_run_of_copies(grammar):
     g, tok = grammar
-    after = lambda text: set(_text_of(tok, g.allowed(0, text)))  # noqa: E731
+    after = lambda text: set(_text_of(tok, g.allowed(0, _c(text))))  # noqa: E731
     answer = '<answer>I inspect the lamp <obj_2> at [center <obj_2>]. '
     assert '<box>' in after(answer)
     boxed = answer + '<box>lamp <obj_2></box> '
@@ -165,7 +174,7 @@ def test_a_box_per_named_object_not_a_run_of_copies(grammar):
 
 def test_a_relation_is_between_different_objects_and_a_box_shows_what_the_text_speaks_of(grammar):
     g, tok = grammar
-    after = lambda text: set(_text_of(tok, g.allowed(0, text)))  # noqa: E731
+    after = lambda text: set(_text_of(tok, g.allowed(0, _c(text))))  # noqa: E731
     named = 'Standing at the chair <obj_1> facing the table <obj_0>, the lamp <obj_2> is on my [side <obj_1> '
     assert '<obj_1>' not in after(named) and '<obj_0>' in after(named)
     # the lamp stands on the table: a box after [support <obj_2>] may show the table, not the chair the text
@@ -180,3 +189,17 @@ def test_a_fact_that_needs_an_object_not_yet_named_can_still_be_finished(grammar
     g, tok = grammar
     text = 'At the chair <obj_1> facing the table <obj_0>: [side <obj_1> <obj_0> '
     assert _refs(grammar, text) == ['<obj_2>', '<obj_3>']
+
+
+def test_the_sections_come_in_order_and_the_end_only_after_the_answer(grammar):
+    g, tok = grammar
+    after = lambda text: set(_text_of(tok, g.allowed(0, text)))  # noqa: E731
+    assert after('') == {'<think>'}
+    assert {'</think>', '<answer>', '<box>', '<plan>', tok.eos_token} & after('<think>I look') == {'</think>'}
+    assert after('<think>I look.</think>') == {'<answer>'}
+    answer = '<think>I look.</think><answer>The lamp <obj_2>. '
+    assert {'</answer>', '<box>', '<plan>'} <= after(answer) and tok.eos_token not in after(answer)
+    planned = answer + '<plan><step>navigate_to lamp <obj_2></step>'
+    assert '<step>' in after(planned) and '</plan>' in after(planned) and '</answer>' not in after(planned)
+    assert '</plan>' not in after(answer + '<plan>')                     # a plan has a step
+    assert after(planned + '</plan></answer>') == {tok.eos_token}

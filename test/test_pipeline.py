@@ -58,7 +58,8 @@ def test_gpu_out_of_memory_is_reported_and_the_next_query_still_runs(pipe, monke
     monkeypatch.setattr(pipe.model, 'generate', oom_once)
     first = pipe.answer(*_scene(), 'Where is the lamp?')
     assert first.status == STATUS_ERROR and 'GPU out of memory' in first.message
-    assert pipe.answer(*_scene(), 'Where is the lamp?').status == STATUS_OK
+    after = pipe.answer(*_scene(), 'Where is the lamp?')   # answered (24 tokens: whole, or refused as cut off)
+    assert after.status in (STATUS_OK, STATUS_UNGROUNDED) and 'memory' not in after.message, after.message
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
