@@ -23,7 +23,7 @@ from std_msgs.msg import String
 from r3d_ros.nodes.ask_action import SERVICE_QOS, result_to_dict, result_to_msg
 from r3d_ros.process import wait_until
 
-QUESTIONS = ('Where is the table?', 'Plan how to put the cup on the table.', 'What color is the chair?')
+QUESTIONS = ('Where is the table?', 'Bring the cup to the table.', 'What color is the chair?')
 CANCEL_LATENCY_S = 0.5
 
 
