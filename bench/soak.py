@@ -30,6 +30,7 @@ import psutil  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from r3d_ros.nodes.bringup import Bringup  # noqa: E402
+from r3d_ros.nodes.common import SpinningNode  # noqa: E402
 from r3d_ros.ros_env import DomainLease, loopback_env  # noqa: E402
 
 QUESTIONS = ('Where is the table?', 'How many chairs are in the room?', 'What is on the desk?',
@@ -44,22 +45,18 @@ def sensor_overrides(rate: float, points: int) -> dict[str, str]:
             'max_points': str(points)}
 
 
-class Observer:
+class Observer(SpinningNode):
     """The soak's own rclpy node: counts clouds on `points` (raw bytes, never decoded), keeps the newest
     scene_map diagnostics, sends queries and records one arrival time per answered id."""
 
     def __init__(self):
         from diagnostic_msgs.msg import DiagnosticArray
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import PointCloud2
         from std_msgs.msg import String
 
-        self._rclpy, self._String = rclpy, String
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('r3d_soak', context=self.context)
+        super().__init__('r3d_soak')
+        self._String = String
         self.clouds, self.map_values, self.answers, self.sent = 0, {}, {}, {}
         self.duplicates, self.lock, self.stamps, self.seen_ids = 0, threading.Lock(), set(), set()
         self.first_cloud = self.last_cloud = None
@@ -67,16 +64,6 @@ class Observer:
         self.node.create_subscription(DiagnosticArray, 'diagnostics', self._on_diag, 10)
         self.node.create_subscription(String, 'answer', self._on_answer, 100)
         self.query_pub = self.node.create_publisher(String, 'query', 100)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - the context is shutting down under us at close
-            pass
 
     def _on_cloud(self, raw: bytes) -> None:
         self.clouds += 1
@@ -126,12 +113,6 @@ class Observer:
         make every count below meaningless."""
         names = sorted(name for name, _ in self.node.get_node_names_and_namespaces())
         return {'nodes': names, 'points_publishers': self.node.count_publishers('/points')}
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        self._rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=5.0)
 
 
 def rss_mb(graph: Bringup) -> dict[str, float]:

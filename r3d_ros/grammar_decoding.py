@@ -32,6 +32,7 @@ maintained grammar library here takes a per-request vocabulary of object tokens)
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 import re
 
 import torch
@@ -51,7 +52,6 @@ from r3d_ros.output_format import (
     STEP_OPEN,
     THINK_CLOSE,
     THINK_OPEN,
-    Box,
 )
 from r3d_ros.plan_validation import reachable
 from r3d_ros.scene_objects import COLOR_NAMES, ObjectRecord
@@ -60,6 +60,20 @@ _MARKUP = re.compile(r'[<>\[\]]')
 _NAME = re.compile(r'[a-z_]*')
 _OBJECT_FACTS = ('nearest', 'support', 'between')   # facts whose value is an object (r3d_ros.grounding.FACTS)
 _NAVIGATED = re.compile(rf'{STEP_OPEN}\s*navigate_to\s+(?:\S+\s+)?<(?P<id>obj_\d+)>')
+
+
+def _named(text: str, records: dict) -> set[str]:
+    """The map's objects ``text`` refers to by ``<obj_k>``."""
+    return {m['id'] for m in REF.finditer(text)} & set(records)
+
+
+@functools.lru_cache(maxsize=8)
+def _vocabulary(tokenizer) -> tuple[dict[int, str], dict[int, str]]:
+    """({marker id: marker}, {id: text} of every other non-special token) of a tokenizer: decoded once, not per
+    request and retry (a grammar is built for each)."""
+    markers = {tokenizer.convert_tokens_to_ids(m): m for m in MARKERS}
+    special = set(tokenizer.all_special_ids) | set(markers)
+    return markers, {i: tokenizer.decode([i]) for i in range(len(tokenizer)) if i not in special}
 
 
 class GroundedGrammar(LogitsProcessor):
@@ -71,7 +85,7 @@ class GroundedGrammar(LogitsProcessor):
         self.refs = {int(t): f'obj_{k}' for k, t in enumerate(ref_token_ids)}
         self.records = [{r.id: r for r in rows} for rows in records]
         self._scenes = [Scene.of(list(rows), classes=class_names) for rows in records]
-        self._boxes = [{r.id: Box(r.id, tuple(r.center), tuple(r.size)) for r in rows} for rows in records]
+        self._boxes = [{r.id: r.box for r in rows} for rows in records]
         self.labels = sorted({label_text(c) for c in class_names}
                              | {label_text(r.label) for rows in records for r in rows}, key=len, reverse=True)
         self.class_args = {c.replace(' ', '_') for c in class_names} | {r.label for rows in records for r in rows}
@@ -79,10 +93,8 @@ class GroundedGrammar(LogitsProcessor):
         self.tag_words = self.class_args | {w for w in self.labels if ' ' not in w}
         self._described = [self._colours_named(q) for q in questions] if questions else [{} for _ in records]
         self.eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-        special = set(tokenizer.all_special_ids) | {tokenizer.convert_tokens_to_ids(m) for m in MARKERS}
-        self.markers = {tokenizer.convert_tokens_to_ids(m): m for m in MARKERS}
-        self.texts = {i: tokenizer.decode([i]) for i in range(len(tokenizer))
-                      if i not in special and i not in self.refs}
+        self.markers, texts = _vocabulary(tokenizer)
+        self.texts = {i: s for i, s in texts.items() if i not in self.refs}
         self._free_text = self._free_vocabulary(questions or [None] * len(records))
         self._spaces = [i for i, s in self.texts.items() if s.isspace()]
         self._ref_index = torch.tensor(sorted(self.refs))
@@ -196,7 +208,7 @@ class GroundedGrammar(LogitsProcessor):
         """Objects a box may show: ones the text named, and the values of its object-valued facts (the support
         ``[support <obj_3>]`` found), so that a box never shows an object the text does not speak of."""
         records = self.records[row]
-        pool = {m['id'] for m in REF.finditer(text)} & set(records)
+        pool = _named(text, records)
         for m in FACT.finditer(text):
             if m['name'] in _OBJECT_FACTS:
                 try:
@@ -248,7 +260,7 @@ class GroundedGrammar(LogitsProcessor):
         """Another ``<box>`` only while fewer boxes than objects the text names (by reference or by an object-valued
         fact such as ``[support <obj_3>]``): a box per object, as in the training targets, never a run of copies
         in place of the plan."""
-        named = {m['id'] for m in REF.finditer(text)} & set(records)
+        named = _named(text, records)
         found = sum(text.count(f'[{f} ') for f in _OBJECT_FACTS)
         return text.count(BOX_OPEN) < len(named) + found
 
@@ -256,8 +268,7 @@ class GroundedGrammar(LogitsProcessor):
     def _mentioned(text: str, records: dict) -> set[str]:
         """The map's objects the completion has named so far (all of them before it names any): a fact's or a
         plan step's object is one the text introduced ('the cup <obj_3>'), as in every training target."""
-        named = {m['id'] for m in REF.finditer(text)} & set(records)
-        return named or set(records)
+        return _named(text, records) or set(records)
 
     def _object_tag(self, state: str, fragment: str, row: int, pool: set[str] | None) -> list[int]:
         """Inside ``<box>`` / ``<step>``: [action] [class word] ``<obj_k>``, then the closing marker."""

@@ -348,7 +348,7 @@ def published_status(grounded, records, points: np.ndarray) -> tuple[str, str]:
                 'answer incomplete: not one <think>...</think><answer>...</answer> (max_new_tokens reached?)')
     plan = parse_completion(grounded.text).plan
     if has_plan or plan:
-        objects = {r.id: Box(r.id, tuple(r.center), tuple(r.size)) for r in records}
+        objects = {r.id: r.box for r in records}
         errors = plan_errors(plan, objects, points)
         if errors:
             return STATUS_INVALID_PLAN, '; '.join(errors)

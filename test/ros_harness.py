@@ -7,38 +7,17 @@ import threading
 import time
 from typing import Any
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+from r3d_ros.nodes.common import SpinningNode
 from r3d_ros.process import wait_until as _poll
 
 
-class RosProbe:
+class RosProbe(SpinningNode):
     """An rclpy node in its own context, spinning in a daemon thread, with waiting helpers."""
 
     def __init__(self, name: str = 'r3d_test_probe'):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = Node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - the context is shutting down under us at teardown
-            pass
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        if self.context.ok():
-            rclpy.shutdown(context=self.context)
-        self._thread.join(timeout=5.0)
+        super().__init__(name)
 
     # -- discovery ---------------------------------------------------------------------------
     def _resolve(self, topic: str) -> str:

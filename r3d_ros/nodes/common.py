@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 # The scene map is state, not a stream: reliable, and kept for late joiners (a reasoner started after the map).
@@ -40,6 +42,32 @@ def run_lifecycle_node(node_class, args=None, threads: int = 2) -> None:
         node.stop_worker()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+class SpinningNode:
+    """An rclpy node in a context of its own, spun by a single-threaded executor in a daemon thread: how a process
+    that is not itself a node (a test, the demo, a bench) talks to a graph. ``close`` undoes all of it."""
+
+    def __init__(self, name: str):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - the context is shutting down under the spinning thread at close
+            pass
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5.0)
 
 
 def wait_until_active(node, names: list[str], timeout: float) -> list[str]:

@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from r3d_ros.nodes.common import SpinningNode
+
 #: one per kind of fact a robot acts on (a count, a colour, a box, a support relation, a plan), about the
 #: objects of the demo's room (sim_sensor's scene_seed 0: table, nightstand, trash can, wardrobe, a book on
 #: the table, a lamp on the nightstand)
@@ -30,21 +32,16 @@ DEFAULT_QUESTIONS = [
 ]
 
 
-class _Client:
+class _Client(SpinningNode):
     """A small rclpy client of the graph: map subscriber, query publisher, answer collector."""
 
     def __init__(self):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import PointCloud2
         from std_msgs.msg import String
 
         from r3d_ros.nodes.common import MAP_QOS
 
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('r3d_demo_client', context=self.context)
+        super().__init__('r3d_demo_client')
         self.map_msg = None
         self.answers: dict[str, dict] = {}
         self.cond = threading.Condition()
@@ -52,16 +49,6 @@ class _Client:
         self.node.create_subscription(String, 'answer', self._on_answer, 10)
         self.query_pub = self.node.create_publisher(String, 'query', 10)
         self.String = String
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - context shut down under the spinning thread
-            pass
 
     def _on_map(self, msg):
         with self.cond:
@@ -89,11 +76,6 @@ class _Client:
                     return {'id': qid, 'question': question, 'status': 'timeout', 'message': f'no answer in {timeout}s'}
                 self.cond.wait(left)
             return self.answers[qid]
-
-    def close(self):
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
 
 
 def demo_scene(graph):
