@@ -88,6 +88,16 @@ def test_a_wrong_reference_or_stray_markup_is_rejected():
     assert status == STATUS_INVALID_PLAN and 'obj_9' in message
 
 
+def test_an_answer_cut_off_by_the_token_budget_is_refused_not_published_half():
+    records, scene, points = _room()
+    whole = G.ground('<think>I look.</think><answer>The table <obj_0> is [color <obj_0>].</answer>', scene)
+    assert published_status(whole, records, points)[0] == STATUS_OK
+    cut = G.ground('<think>I look.</think><answer>The table <obj_0> is [color <obj_0>]. Its', scene)
+    assert cut.ok   # every reference and fact it has grounds, but the answer never ends
+    status, message = published_status(cut, records, points)
+    assert status == STATUS_UNGROUNDED and 'incomplete' in message
+
+
 def test_plan_positions_are_computed_and_validate():
     records, scene, points = _room()
     text = ('<think>a</think><answer>Done. <plan><step>navigate_to lamp <obj_2></step><step>pick lamp <obj_2></step>'
