@@ -4,7 +4,8 @@ The client is this test process (rclpy ActionClient) or the `r3d-ask` console sc
 the embedded model on a synthetic map. Checked: feedback streams before the result; a result equals the
 JSON adapter's answer to the same question (same worker, greedy decoding); cancel mid-decoding comes back
 `canceled` within 0.5 s and a queued goal is dropped at once; a flood of 100 goals ends with every goal
-either rejected or accepted and answered, none left hanging.
+either rejected or accepted and answered, none left hanging, also when sent from a thread other than
+the one spinning the client (rclpy 9.1.2 race, LockedActionClient).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import String
 
 from r3d_ros.nodes.ask_action import SERVICE_QOS, result_to_dict, result_to_msg
+from r3d_ros.nodes.ask_client import LockedActionClient
 from r3d_ros.process import wait_until
 
 QUESTIONS = ('Where is the table?', 'Bring the cup to the table.', 'What color is the chair?')
@@ -31,8 +33,6 @@ class Reasoner:
     """A reasoner process with a map, an action client and the JSON topics, all from the test process."""
 
     def __init__(self, launch_node, ros_node, **params):
-        from rclpy.action import ActionClient
-
         from r3d_ros.nodes.common import MAP_QOS
         from r3d_ros.nodes.conversions import to_pointcloud2
         from r3d_ros.scenes.synthetic import generate_scene
@@ -44,8 +44,9 @@ class Reasoner:
         self._map_pub = ros_node.publisher('scene_map/cloud', PointCloud2, MAP_QOS)
         scene = generate_scene(0, point_density=300.0)
         self._map_pub.publish(to_pointcloud2(scene.points, scene.colors))
-        # deep service histories on this side too, for the flood (the server's are SERVICE_QOS)
-        self.client = ActionClient(ros_node.node, Ask, 'ask', goal_service_qos_profile=SERVICE_QOS,
+        # deep service histories on this side too, for the flood (the server's are SERVICE_QOS); goals are
+        # sent from this thread while the probe's executor spins in its own, hence the locked client
+        self.client = LockedActionClient(ros_node.node, Ask, 'ask', goal_service_qos_profile=SERVICE_QOS,
                                    result_service_qos_profile=SERVICE_QOS, cancel_service_qos_profile=SERVICE_QOS)
         assert self.client.wait_for_server(timeout_sec=90), self.proc.output()
         assert ros_node.wait_for_subscriber('query', timeout=30), self.proc.output()
@@ -230,3 +231,31 @@ def test_r3d_ask_prints_feedback_as_it_streams(launch_node, ros_node):
     streamed = out[i_think:i_done]
     assert '<think>' in streamed or expected['think'][:20] in streamed, out
     assert expected['answer_text'] in out[i_done:], out
+
+
+@pytest.mark.ros
+def test_goals_sent_from_another_thread_than_the_spinning_one_all_get_responses(ros_node, monkeypatch):
+    """rclpy 9.1.2's send_goal_async swaps the registered future for a new one outside its lock (see
+    LockedActionClient); a slow Future constructor widens that window so every plain-client goal would hang."""
+    from rclpy.action import ActionServer, GoalResponse
+    import rclpy.action.client as rclpy_action_client
+
+    class SlowFuture(rclpy_action_client.Future):
+        def __init__(self, *args, **kwargs):
+            time.sleep(0.005)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(rclpy_action_client, 'Future', SlowFuture)
+    server = ActionServer(ros_node.node, Ask, 'ask_refusing', execute_callback=lambda _h: Ask.Result(),
+                          goal_callback=lambda _g: GoalResponse.REJECT)
+    client = LockedActionClient(ros_node.node, Ask, 'ask_refusing')
+    assert client.wait_for_server(timeout_sec=10)
+    futures = []
+    for i in range(10):  # sent from this thread; the probe's executor takes the responses in its own
+        futures.append(client.send_goal_async(Ask.Goal(id=f'race{i}')))
+        time.sleep(0.02)
+    assert wait_until(lambda: all(f.done() for f in futures), 10), \
+        f'{sum(not f.done() for f in futures)} of 10 goals got no response'
+    assert not any(f.result().accepted for f in futures)
+    client.destroy()
+    server.destroy()

@@ -36,6 +36,24 @@ GOAL_STATES = {GoalStatus.STATUS_SUCCEEDED: 'succeeded', GoalStatus.STATUS_ABORT
                GoalStatus.STATUS_CANCELED: 'canceled', GoalStatus.STATUS_UNKNOWN: 'unknown'}
 
 
+class LockedActionClient(ActionClient):
+    """An ActionClient whose ``send_goal_async`` may be called from a thread other than the spinning one.
+
+    rclpy 9.1.2 registers the goal's future under ``_lock``, then replaces it with a second future outside
+    the lock (ros2/rclpy#1123, a leftover of the #1517 backport): a response taken in between completes
+    the first future and the returned one waits forever. Here the whole call holds the lock (made
+    re-entrant) that ``take_data`` takes, so no response is taken before its future is final.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lock = threading.RLock()
+
+    def send_goal_async(self, *args, **kwargs):
+        with self._lock:
+            return super().send_goal_async(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='r3d-ask', description=__doc__.split('\n\n')[0])
     p.add_argument('question', nargs='+', help='the question (words are joined)')
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ask(node, executor, args, stream) -> int:
-    client = ActionClient(node, Ask, args.action)
+    client = LockedActionClient(node, Ask, args.action)
     refusals: dict[str, dict] = {}
     got_refusal = threading.Event()
     goal = Ask.Goal(id=args.id or uuid.uuid4().hex[:12], question=' '.join(args.question), task=args.task,
