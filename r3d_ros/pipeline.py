@@ -36,6 +36,7 @@ class PipelineError(RuntimeError):
 class PipelineResult:
     id: str = ''
     question: str = ''
+    interpreted_as: str = ''  # the trained wording the model was asked instead (r3d_ros.question_intent), or ''
     task: str | None = None  # informational (the model reads the question itself); kept for evaluation
     status: str = STATUS_OK
     message: str = ''
@@ -114,7 +115,7 @@ class ScenePipeline:
 
     def __init__(self, model, processor, selector=None, device: str = 'cpu', num_views: int = 6,
                  max_new_tokens: int = 256, max_question_chars: int = 2000, regenerations: int = 2,
-                 grammar: bool = True):
+                 grammar: bool = True, interpret: bool = True):
         self.model, self.processor, self.selector = model, processor, selector
         self.device, self.num_views = device, num_views
         self.regenerations = regenerations   # sampled retries of a refused (ungrounded / invalid plan) answer
@@ -122,6 +123,12 @@ class ScenePipeline:
         self.max_new_tokens, self.max_question_chars = max_new_tokens, max_question_chars
         self.model_path = ''
         self._lock = threading.Lock()  # one generation at a time per model
+        classes = getattr(getattr(model, 'config', None), 'object_class_names', None)
+        self.interpreter = None        # questions in other wordings read as a trained one (loads MiniLM at first use)
+        if interpret and classes:
+            from r3d_ros.question_intent import QuestionInterpreter
+
+            self.interpreter = QuestionInterpreter(classes, device=device)
         # the selected views reach the model only through a view tower; without one they are reported, not used
         self.uses_views = bool(getattr(getattr(model, 'config', None), 'use_views', False))
         self._view_encoding_s = 0.0
@@ -194,7 +201,7 @@ class ScenePipeline:
             points = np.asarray(points, np.float32)
             colors = np.asarray(colors, np.uint8) if colors is not None else np.full((len(points), 3), 128, np.uint8)
             with self._lock:
-                self._run(points, colors, question, result, stop_event, on_text)
+                self._run(points, colors, self._interpret(question, result), result, stop_event, on_text)
             if result.status == STATUS_OK and result.plan and not result.objects:
                 # a model without object records: its plan is checked here (with records, published_status did)
                 self._check_plan(points, result, known_objects)
@@ -209,6 +216,16 @@ class ScenePipeline:
             _release_gpu_memory()
         result.timings['total_s'] = time.perf_counter() - t0
         return result
+
+    def _interpret(self, question: str, result: PipelineResult) -> str:
+        """What the model is asked: ``question``, or the trained wording it was read as (``interpreted_as``)."""
+        if self.interpreter is None:
+            return question
+        t = time.perf_counter()
+        read = self.interpreter(question)
+        result.timings['interpret_s'] = time.perf_counter() - t
+        result.interpreted_as = read.question if read.changed else ''
+        return read.question
 
     def _run(self, points, colors, question, result, stop_event, on_text) -> None:
         t = time.perf_counter()

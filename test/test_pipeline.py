@@ -103,3 +103,13 @@ def test_view_encoding_is_timed_and_a_checkpoint_without_a_view_tower_ignores_vi
     res = with_tower.answer(*_scene(), 'Where is the lamp?')
     assert with_tower.uses_views and len(res.views) == 2, res.message
     assert res.timings['view_encoding_s'] > 0.0
+
+
+def test_a_question_in_other_words_is_answered_as_the_trained_one_and_says_so(pipe):
+    points, colors = _scene()
+    asked = pipe.answer(points, colors, 'Could you point out where the lamp is?')
+    direct = pipe.answer(points, colors, 'Where is the lamp?')
+    assert asked.question == 'Could you point out where the lamp is?'
+    assert asked.interpreted_as == 'Where is the lamp?' and direct.interpreted_as == ''
+    assert asked.raw == direct.raw and asked.status == direct.status
+    assert asked.timings['interpret_s'] > 0

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampled retries of refused answers (the reasoner's default: 2)")
     p.add_argument('--no-grammar', dest='grammar', action='store_false',
                    help='decode free of the grounded grammar (the ablation; the reasoner holds decoding to it)')
+    p.add_argument('--no-interpret', dest='interpret', action='store_false',
+                   help='ask the model the questions as written, not read as the nearest trained template '
+                        '(the ablation; r3d_ros.question_intent)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--encoder', default='minilm', help="semantic-similarity encoder ('minilm', a path, clip:PATH)")
     p.add_argument('--swap-scenes', action='store_true',
@@ -175,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate(records, clouds, None if args.prior else args.model, train,
                        args.batch_size, args.max_new_tokens, args.device, args.encoder,
                        predictions_path=out.with_suffix('.predictions.jsonl'), regenerations=args.regenerations,
-                       grammar=args.grammar)
+                       grammar=args.grammar, interpret=args.interpret)
         from training.evaluate import _metrics_module
 
         impl = 'r3d_ros.evaluation.metrics' if _metrics_module() is not None else 'training.evaluate (fallback)'
         out.write_text(json.dumps({'name': name, 'data': str(args.data), 'split': args.split,
                                    'model': args.model, 'metrics': impl, 'swap_scenes': args.swap_scenes,
                                    'regenerations': args.regenerations, 'grammar': args.grammar,
+                                   'interpret': args.interpret,
                                    'results': res}, indent=2))
         print(markdown_table({name: res}))
     elif args.command == 'select':

@@ -230,9 +230,10 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
 def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | None = None,
              train_records: Sequence[QARecord] | None = None, batch_size: int = 16, max_new_tokens: int = 256,
              device: str = 'cpu', encoder: str = 'minilm', predictions_path: str | Path | None = None,
-             regenerations: int = 0, grammar: bool = True) -> dict:
+             regenerations: int = 0, grammar: bool = True, interpret: bool = True) -> dict:
     """Score a checkpoint (``model_path``) or, without one, the answer-prior baseline (needs ``train_records``);
-    ``regenerations``: sampled retries of refused answers, as the reasoner's parameter of that name."""
+    ``regenerations``: sampled retries of refused answers, ``interpret``: questions read as the nearest trained
+    template (``r3d_ros.question_intent``), as the reasoner's parameters of those names."""
     if model_path is None:
         completions = prior_completions(train_records or [], records)
         raw, answers, with_format = completions, [answer_of_completion(c) for c in completions], False
@@ -241,7 +242,8 @@ def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | 
 
         model = R3DForConditionalGeneration.from_pretrained(str(model_path))
         processor = R3DProcessor.from_pretrained(str(model_path))
-        raw, completions, answers = generate_completions(model, processor, records, clouds, batch_size,
+        asked = interpreted(records, model.config.object_class_names) if interpret else records
+        raw, completions, answers = generate_completions(model, processor, asked, clouds, batch_size,
                                                          max_new_tokens, device, regenerations=regenerations,
                                                          grammar=grammar)
         with_format = True
@@ -252,6 +254,20 @@ def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | 
                                     'reference': r.cot, 'written': w, 'completion': c, 'answer': a}) + '\n')
     return score(records, completions, with_format=with_format, encoder=encoder, answers=answers,
                  clouds=clouds if model_path is not None else None)
+
+
+def interpreted(records: Sequence[QARecord], classes) -> list[QARecord]:
+    """The records with each question as the reasoner reads it (:class:`QuestionInterpreter`); the truth and
+    the scoring stay the record's."""
+    from dataclasses import replace
+
+    from r3d_ros.question_intent import QuestionInterpreter
+
+    read = QuestionInterpreter(classes)
+    out = [replace(r, question=read(r.question).question) for r in records]
+    print(f'questions read as a trained template: {sum(a.question != r.question for a, r in zip(out, records))} '
+          f'of {len(records)}', flush=True)
+    return out
 
 
 # -- checkpoint choice on val ----------------------------------------------------------------------

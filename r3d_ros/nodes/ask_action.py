@@ -94,7 +94,7 @@ def result_to_msg(payload: dict, header: Header | None = None):
     from r3d_interfaces.msg import PlanStep, View
 
     msg = Ask.Result(header=header or Header())
-    for key in ('id', 'status', 'message', 'question', 'think', 'answer', 'answer_text', 'raw'):
+    for key in ('id', 'status', 'message', 'question', 'interpreted_as', 'think', 'answer', 'answer_text', 'raw'):
         setattr(msg, key, str(payload.get(key) or ''))
     msg.task = str(payload.get('task') or '')
     msg.format_valid = bool(payload.get('format_valid'))
@@ -117,7 +117,8 @@ def result_to_msg(payload: dict, header: Header | None = None):
 def result_to_dict(msg) -> dict:
     """Ask.Result -> the ``answer`` JSON's shape (what ``r3d-ask --json`` prints and tests compare)."""
     return {
-        'id': msg.id, 'question': msg.question, 'task': msg.task or None, 'status': msg.status,
+        'id': msg.id, 'question': msg.question, 'interpreted_as': msg.interpreted_as, 'task': msg.task or None,
+        'status': msg.status,
         'message': msg.message, 'think': msg.think, 'answer': msg.answer, 'answer_text': msg.answer_text,
         'boxes': [scene_object_to_dict(b, box=True) for b in msg.boxes],
         'objects': [scene_object_to_dict(o) for o in msg.objects],

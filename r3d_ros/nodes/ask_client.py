@@ -89,6 +89,8 @@ class _Printer:
 
 def _summary(result: dict, state: str) -> str:
     lines = [f"--- {result['status']} (goal {state}){': ' + result['message'] if result['message'] else ''}"]
+    if result.get('interpreted_as'):
+        lines.append(f"read as: {result['interpreted_as']}")
     if result['answer_text']:
         lines.append(f"answer: {result['answer_text']}")
     for b in result['boxes']:

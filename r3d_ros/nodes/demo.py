@@ -189,6 +189,8 @@ def main(argv=None) -> int:
                 results.append(res)
                 print(f'\nQ{i}: {question}\n  status: {res.get("status")}'
                       + (f' ({res.get("message")})' if res.get('message') else ''))
+                if res.get('interpreted_as'):
+                    print(f'  read as: {res["interpreted_as"]}')
                 if res.get('think'):
                     print(f'  think: {res["think"][:400]}')
                 answer = res.get('answer_text', '')

@@ -91,6 +91,9 @@ class ReasonerNode(LifecycleNode):
         self.declare_parameter('grammar', True, describe('Hold decoding to the grounded grammar: references only '
                                                          "to the map's objects, facts with their arguments "
                                                          '(r3d_ros.grammar_decoding)'))
+        self.declare_parameter('interpret_questions', True, describe(
+            'Read a question in other words as the nearest trained question (MiniLM sentence similarity, '
+            'r3d_ros.question_intent; the answer says which in interpreted_as)'))
         self.declare_parameter('queue_size', 4, describe('Queries waiting for the model before "busy"',
                                                       ints=(1, 256), read_only=True))
         self.declare_parameter('max_query_chars', 2000, describe('Longer questions are refused', ints=(1, 100_000)))
@@ -120,7 +123,8 @@ class ReasonerNode(LifecycleNode):
             self.pipeline = ScenePipeline.from_pretrained(
                 p('model_path') or None, device=p('device'), num_views=p('num_views'),
                 max_new_tokens=p('max_new_tokens'), max_question_chars=p('max_query_chars'),
-                regenerations=p('regenerations'), grammar=p('grammar'))
+                regenerations=p('regenerations'), grammar=p('grammar'),
+                interpret=p('interpret_questions'))
             self.get_logger().info(f'model loaded from {self.pipeline.model_path} on {self.pipeline.device}')
             if not self.pipeline.uses_views and self.pipeline.selector is not None:
                 self.get_logger().warning(VIEWS_IGNORED)
