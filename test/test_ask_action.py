@@ -25,7 +25,8 @@ from r3d_ros.nodes.ask_action import SERVICE_QOS, result_to_dict, result_to_msg
 from r3d_ros.nodes.ask_client import LockedActionClient
 from r3d_ros.process import wait_until
 
-QUESTIONS = ('Where is the table?', 'Bring the cup to the table.', 'What color is the chair?')
+#: the last in other words than the generator's: read as 'What color is the chair?' (interpreted_as)
+QUESTIONS = ('Where is the table?', 'Bring the cup to the table.', 'Tell me which colour the chair has.')
 CANCEL_LATENCY_S = 0.5
 
 
@@ -82,8 +83,8 @@ def _result(handle, timeout: float = 60.0):
 
 def _comparable(d: dict) -> dict:
     """The fields an answer is judged by (ids and timings differ between two runs of one question)."""
-    out = {k: d.get(k) for k in ('question', 'status', 'message', 'think', 'answer', 'answer_text', 'boxes', 'plan',
-                                 'format_valid', 'raw')}
+    out = {k: d.get(k) for k in ('question', 'interpreted_as', 'status', 'message', 'think', 'answer', 'answer_text',
+                                 'boxes', 'plan', 'format_valid', 'raw')}
     out['views'] = [{**v, 'pose': np.round(np.asarray(v['pose']), 9).tolist()} for v in d.get('views') or []]
     out['objects'] = [{**o, 'confidence': None if o.get('confidence') is None else round(float(o['confidence']), 5)}
                       for o in d.get('objects') or []]
@@ -93,7 +94,8 @@ def _comparable(d: dict) -> dict:
 def test_result_message_carries_the_answer_json_and_scene_objects():
     """Ask.Result <-> the `answer` JSON, scene-object records (issue 21's shape) included."""
     payload = {
-        'id': 'q1', 'question': 'Where is the red table?', 'task': 'grounding', 'status': 'ok', 'message': '',
+        'id': 'q1', 'question': 'Show me where the red table is', 'interpreted_as': 'Where is the red table?',
+        'task': 'grounding', 'status': 'ok', 'message': '',
         'think': 'Step 1 ...', 'answer': 'the table <box>...</box>', 'answer_text': 'the table', 'raw': 'x',
         'format_valid': True,
         'boxes': [{'ref': 'obj_3', 'label': 'table', 'center': [1.0, 2.0, 0.4], 'size': [1.2, 0.8, 0.8]}],
@@ -146,6 +148,7 @@ def test_feedback_streams_before_the_result_and_the_result_equals_the_json_answe
         ok = expected['status'] == 'ok'
         assert response.status == (GoalStatus.STATUS_SUCCEEDED if ok else GoalStatus.STATUS_ABORTED)
         assert got['frame_id'] == 'map' and got['id'] == f'goal{i}'
+        assert got['interpreted_as'] == ('What color is the chair?' if i == 2 else ''), got['interpreted_as']
         print(f'{question!r}: {len(stages)} feedback messages, first {done_at - first:.2f} s before the result, '
               f'status {got["status"]}, equal to the JSON answer')
 
