@@ -112,7 +112,7 @@ def test_sim_sensor_to_scene_map_covers_every_visible_object(launch_node, ros_no
     surfaces and holds every object the sensor sees along one lap."""
     period, seed = 6.0, 0
     launch_node('sim_sensor', params_file=CONFIG / 'sim_sensor.yaml',
-                params={'rate': 10.0, 'period': period, 'noise': False, 'scene_seed': seed})
+                params={'cloud_rate': 10.0, 'orbit_period': period, 'noise': False, 'scene_seed': seed})
     launch_node('scene_map', params_file=CONFIG / 'scene_map.yaml', params={'publish_rate': 2.0})
     scene = generate_scene(seed)
     sensor = SimulatedSensor(scene, 'depth_camera', noise=False, max_range=8.0)  # sim_sensor.yaml's camera

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.ros
 
 
 def test_sim_sensor_publishes_clouds_and_odometry(launch_node, ros_node):
-    sim = launch_node('sim_sensor', params_file=CONFIG / 'sim_sensor.yaml', params={'rate': 10.0})
+    # 'rate' is not one of its parameters (cloud_rate is): reported, not silently ignored
+    sim = launch_node('sim_sensor', params_file=CONFIG / 'sim_sensor.yaml', params={'cloud_rate': 10.0, 'rate': 3.0})
     cloud = ros_node.wait_for_message('points', PointCloud2, qos=qos_profile_sensor_data, timeout=30)
     odom = ros_node.wait_for_message('odom', Odometry, timeout=30)
     xyz, rgb = xyz_rgb_from_cloud(cloud)
@@ -27,10 +28,12 @@ def test_sim_sensor_publishes_clouds_and_odometry(launch_node, ros_node):
     assert odom.header.frame_id == 'map' and odom.child_frame_id == 'sensor'
     assert np.all(np.linalg.norm(xyz, axis=1) <= 8.5)  # within the sensor's range (+ noise)
     assert sim.alive()
+    out = sim.output()
+    assert "parameter 'rate' is not a parameter of this node" in out and 'cloud_rate' not in out.split('known:')[0], out
 
 
 def test_sim_sensor_to_scene_map_covers_the_scene(launch_node, ros_node):
-    launch_node('sim_sensor', params_file=CONFIG / 'sim_sensor.yaml', params={'rate': 10.0, 'period': 6.0,
+    launch_node('sim_sensor', params_file=CONFIG / 'sim_sensor.yaml', params={'cloud_rate': 10.0, 'orbit_period': 6.0,
                                                                             'noise': False})
     launch_node('scene_map', params_file=CONFIG / 'scene_map.yaml', params={'publish_rate': 2.0})
     scene = generate_scene(0)  # the sim_sensor.yaml default seed

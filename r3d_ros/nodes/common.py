@@ -24,11 +24,24 @@ def describe(text: str, ints: tuple[int, int] | None = None, floats: tuple[float
     return d
 
 
+def report_unknown_overrides(node) -> list[str]:
+    """Log an error for each parameter given to ``node`` (``-p``, a params file) that it does not declare; return
+    them. rclpy keeps such an override without a word, so a misspelt name leaves the default in force unnoticed
+    (the demo once set sim_sensor's ``period``, not ``orbit_period``, and mapped a third of the lap it meant).
+    Read from ``Node._parameter_overrides``: rclpy has no public accessor for the overrides."""
+    unknown = sorted(n for n in getattr(node, '_parameter_overrides', {}) if not node.has_parameter(n))
+    for name in unknown:
+        node.get_logger().error(f'parameter {name!r} is not a parameter of this node; ignored (known: '
+                                f'{", ".join(sorted(node._parameters))})')
+    return unknown
+
+
 def run_lifecycle_node(node_class, args=None, threads: int = 2) -> None:
     """rclpy.init, build the node, configure + activate when its ``autostart`` parameter says so (no lifecycle
     manager exists here), spin a multi-threaded executor until shutdown, then stop the node's worker."""
     rclpy.init(args=args)
     node = node_class()
+    report_unknown_overrides(node)
     if node.get_parameter('autostart').value:
         node.trigger_configure()
         node.trigger_activate()

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
                                    if model.name.endswith('untrained') else ''))
     except Exception as exc:  # noqa: BLE001 - the reasoner will report the same problem per question
         print(f'model: none ({exc})')
-    overrides = parse_overrides([f'sim_sensor.period={args.lap}', *args.param])
+    overrides = parse_overrides([f'sim_sensor.orbit_period={args.lap}', *args.param])
     with Bringup('sim_demo', overrides=overrides) as graph:
         import os
 

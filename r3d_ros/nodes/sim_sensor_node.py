@@ -16,6 +16,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import PointCloud2
 
+from r3d_ros.nodes.common import report_unknown_overrides
 from r3d_ros.nodes.conversions import matrix_to_pose, to_pointcloud2
 from r3d_ros.scenes.sensor_sim import MODELS, SimulatedSensor, orbit_pose
 from r3d_ros.scenes.synthetic import generate_scene
@@ -93,6 +94,7 @@ def main(args=None):
     node = None
     try:
         node = SimSensorNode()
+        report_unknown_overrides(node)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
