@@ -68,14 +68,22 @@ def test_plain_bag_scored_end_to_end_live_and_offline(tmp_path):
         # every question got the reasoner's verdict (an answer, or a refusal the map cannot ground)
         status = result['scores']['status']
         assert tasks['all']['n'] == 3 and sum(status.values()) == 3, status
-        assert set(status) <= {'ok', 'invalid_plan', 'ungrounded'}, status
+        # ... but for the question asked while the bag plays, live: on a loaded machine scene_map may not have
+        # received a cloud yet, and "no map yet" is then the right answer (checked per answer below)
+        allowed = {'ok', 'invalid_plan', 'ungrounded'} | ({'error'} if mode == 'live' else set())
+        assert set(status) <= allowed and status.get('error', 0) <= 1, status
         assert tasks['all']['answered'] == sum(status.get(s, 0) for s in ('ok', 'invalid_plan')) / 3
         assert result['scores']['latency']['n'] == 3 and result['scores']['latency']['p50'] > 0
         html = (out / f'report_{mode}.html').read_text()
         assert html.count('data:image/png;base64,') >= 3 and '<table>' in html and 'src="http' not in html
     live = {a['question']['id']: a['answer'] for a in json.loads((out / 'eval_live.json').read_text())['answers']}
-    assert all(a['status'] in ('ok', 'invalid_plan', 'ungrounded') for a in live.values()), live
-    assert all(a['map_points'] > 0 for a in live.values())   # the map scene_map had published when asked
+    for qid, a in live.items():
+        if a['status'] == 'error':  # only q0, asked mid-bag, and only when scene_map had no cloud yet
+            assert qid == 'q0' and a['message'].startswith('no map yet') and a['map_points'] == 0, a
+            assert a['map_frames']['frames_received'] == 0, a['map_frames']
+        else:
+            assert a['status'] in ('ok', 'invalid_plan', 'ungrounded'), a
+            assert a['map_points'] > 0, a   # the map scene_map had published when asked
     cmp = json.loads((out / 'compare.json').read_text())
     # equal maps give identical answers; after the bag's end the live map equals the offline one unless
     # scene_map says it lost frames (a best-effort wire may drop clouds on a loaded machine)
