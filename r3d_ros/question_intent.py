@@ -25,7 +25,7 @@ import re
 
 from r3d_ros.grounding import label_text, plural
 from r3d_ros.scene_objects import COLOR_NAMES
-from r3d_ros.scenes.paraphrase import PARAPHRASES, TRAIN_PARAPHRASES
+from r3d_ros.scenes.paraphrase import PARAPHRASES, TRAIN_PARAPHRASES, is_template_wording
 
 #: a question at least this near (cosine of MiniLM embeddings) to a template rendering is read as that template.
 #: Chosen by leaving each training wording out in turn (test_question_intent): every one read as its own template
@@ -91,7 +91,6 @@ class QuestionInterpreter:
 
     def __init__(self, classes, min_similarity: float = MIN_SIMILARITY, device: str = 'cpu'):
         self.classes, self.min_similarity, self.device = list(classes), min_similarity, device
-        self._patterns = [re.compile(p + '$') for p, _ in PARAPHRASES]
 
     @functools.cached_property
     def _encoder(self):
@@ -112,7 +111,7 @@ class QuestionInterpreter:
 
     def __call__(self, question: str) -> Interpretation:
         question = question.strip()
-        if any(p.match(question) for p in self._patterns):  # already a trained wording
+        if is_template_wording(question):  # already a trained wording
             return Interpretation(question, 1.0, False)
         candidates = self._candidates(object_phrases(question, self.classes))
         if not candidates:

@@ -30,9 +30,9 @@ def report_unknown_overrides(node) -> list[str]:
     (the demo once set sim_sensor's ``period``, not ``orbit_period``, and mapped a third of the lap it meant).
     Read from ``Node._parameter_overrides``: rclpy has no public accessor for the overrides."""
     unknown = sorted(n for n in getattr(node, '_parameter_overrides', {}) if not node.has_parameter(n))
+    known = ', '.join(sorted(node.get_parameters_by_prefix('')))
     for name in unknown:
-        node.get_logger().error(f'parameter {name!r} is not a parameter of this node; ignored (known: '
-                                f'{", ".join(sorted(node._parameters))})')
+        node.get_logger().error(f'parameter {name!r} is not a parameter of this node; ignored (known: {known})')
     return unknown
 
 

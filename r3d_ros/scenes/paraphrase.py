@@ -85,6 +85,11 @@ def _compiled(table):
 _HELD_OUT, _TRAIN = _compiled(PARAPHRASES), _compiled(TRAIN_PARAPHRASES)
 
 
+def is_template_wording(question: str) -> bool:
+    """Whether ``question`` is in one of the generator's wordings (the templates ``PARAPHRASES`` match)."""
+    return any(pattern.match(question.strip()) for pattern, _ in _HELD_OUT)
+
+
 def paraphrase(question: str, rng: random.Random, train: bool = False) -> str | None:
     """Another wording of a generator question (its phrases kept; ``train``: a training wording, else a held-out
     one), or None when no template matches."""
