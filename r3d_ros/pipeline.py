@@ -51,6 +51,7 @@ class PipelineResult:
     raw: str = ''
     objects: list[dict] = field(default_factory=list)   # the map's object records (r3d_ros.scene_objects)
     facts: list[dict] = field(default_factory=list)     # every fact the answer states: fact, args, value, text
+    map_points: int = 0  # points of the map this answer was computed on (0: none; the answer says 'no map yet')
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -198,6 +199,7 @@ class ScenePipeline:
             result.question = question = self.check_question(question)
             if points is None or len(points) == 0:
                 raise PipelineError('no map yet (empty scene)')
+            result.map_points = int(len(points))
             points = np.asarray(points, np.float32)
             colors = np.asarray(colors, np.uint8) if colors is not None else np.full((len(points), 3), 128, np.uint8)
             with self._lock:

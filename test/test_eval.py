@@ -82,7 +82,7 @@ def test_plain_bag_scored_end_to_end_live_and_offline(tmp_path):
             assert qid == 'q0' and a['message'].startswith('no map yet') and a['map_points'] == 0, a
         else:
             assert a['status'] in ('ok', 'invalid_plan', 'ungrounded'), a
-            assert a['map_points'] > 0, a   # the map scene_map had published when asked
+            assert a['map_points'] > 0, a   # the map the reasoner answered on
     cmp = json.loads((out / 'compare.json').read_text())
     # equal maps give identical answers; after the bag's end the live map equals the offline one unless
     # scene_map says it lost frames (a best-effort wire may drop clouds on a loaded machine)

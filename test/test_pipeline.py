@@ -25,6 +25,7 @@ def test_answers_with_timings_and_streams_tokens(pipe):
     pieces = []
     res = pipe.answer(*_scene(), 'Where is the lamp?', query_id='a', on_text=pieces.append)
     assert res.id == 'a' and res.timings['new_tokens'] > 0 and res.timings['generate_s'] > 0
+    assert res.map_points == len(_scene()[0])  # the answer says which map it was computed on
     assert ''.join(pieces).strip() and res.raw
     # 24 tokens cut the reasoning short: either it grounds as far as it goes, or it is refused after every retry
     # (and then nothing of it is published but ``raw``)
@@ -42,6 +43,7 @@ def test_bad_requests_are_errors_not_exceptions(pipe, question, points, message)
     xyz, rgb = _scene(max(points, 1))
     res = pipe.answer(xyz[:points], rgb[:points], question)
     assert res.status == STATUS_ERROR and message in res.message
+    assert res.map_points == 0 or points > 0
 
 
 def test_gpu_out_of_memory_is_reported_and_the_next_query_still_runs(pipe, monkeypatch):

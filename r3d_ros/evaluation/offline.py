@@ -84,7 +84,7 @@ def load_pipeline(model_path: str | None = None, device: str = 'auto', num_views
 
 def answer_questions(pipeline, questions: Sequence[Question], scene_for: Callable[[Question], tuple],
                      progress: bool = True) -> dict[str, dict]:
-    """{id: answer dict} (the reasoner's ``answer`` JSON shape, plus ``latency_s`` and ``map_points``)."""
+    """{id: answer dict} (the reasoner's ``answer`` JSON shape, plus ``latency_s``)."""
     from tqdm import tqdm
 
     out = {}
@@ -94,7 +94,6 @@ def answer_questions(pipeline, questions: Sequence[Question], scene_for: Callabl
         res.task = q.task or None
         d = res.to_dict()
         d['latency_s'] = res.timings.get('total_s')
-        d['map_points'] = int(len(xyz))
         out[q.id] = d
     return out
 

@@ -261,8 +261,10 @@ class QuestionFeeder:
             if qid not in self.asked or qid in self.answers:
                 return
             ans['latency_s'] = time.monotonic() - self.asked[qid]
-            # the map scene_map last published when asked: its size and the frames it had taken
-            ans['map_points'], ans['map_frames'] = self.asked_map.get(qid, (0, {}))
+            # map_points: the reasoner's own (the map it answered on; this node's copy of the map topic may
+            # lag it); map_frames: scene_map's frame counts when asked, which say whether clouds were lost
+            seen_points, ans['map_frames'] = self.asked_map.get(qid, (0, {}))
+            ans.setdefault('map_points', seen_points)
             self.answers[qid] = ans
             self.last_progress = time.monotonic()
             if self.out is not None:
