@@ -21,7 +21,10 @@ masks, at every step, each next token that would make such a completion, from th
 * the sections in order (``<think>`` ... ``</think><answer>`` ... ``</answer>``, boxes and one plan of steps in
   the answer, the end only after it), so a completion is always well-formed unless cut off by the budget;
 * no more boxes than objects the text names (a small model otherwise repeats a box in place of the plan), each
-  on an object the text named or an object-valued fact found (``[support <obj_3>]``).
+  on an object the text named or an object-valued fact found (``[support <obj_3>]``);
+* with the model's answer shapes (:mod:`r3d_ros.answer_shapes`, learnt from its training targets): the reasoning
+  and the answer's text follow one of the sentences it was trained to write, with its objects, classes and
+  facts open, and nothing but boxes and a plan after that text.
 
 What stays the model's: which object, which fact, every word. The grammar is the reasoner's and the
 evaluation's (:func:`r3d_ros.pipeline.ScenePipeline`, ``training/evaluate.py``), so the figures measure
@@ -38,6 +41,7 @@ import re
 import torch
 from transformers import LogitsProcessor
 
+from r3d_ros.answer_shapes import AnswerShapes
 from r3d_ros.grounding import FACT, FACTS, REF, GroundingError, Scene, evaluate_fact, label_text
 from r3d_ros.output_format import (
     ACTIONS,
@@ -76,12 +80,32 @@ def _vocabulary(tokenizer) -> tuple[dict[int, str], dict[int, str]]:
     return markers, {i: tokenizer.decode([i]) for i in range(len(tokenizer)) if i not in special}
 
 
+def _answer_text(text: str) -> str:
+    """The answer's text so far: after ``<answer>``, before its first box or plan ('' before the answer)."""
+    if ANSWER_OPEN not in text:
+        return ''
+    return re.split(f'{re.escape(BOX_OPEN)}|{re.escape(PLAN_OPEN)}', text.split(ANSWER_OPEN, 1)[1], maxsplit=1)[0]
+
+
+def _shape_section(text: str) -> tuple[str | None, str]:
+    """('think' | 'answer', the section's text so far), 'tail' after the answer's text (a box or the plan has
+    begun), or None where no shape applies (before ``<think>``, between the sections, after the answer)."""
+    if THINK_OPEN not in text:
+        return None, ''
+    if THINK_CLOSE not in text:
+        return 'think', text.split(THINK_OPEN, 1)[1]
+    if ANSWER_OPEN not in text or ANSWER_CLOSE in text:
+        return None, ''
+    body = text.split(ANSWER_OPEN, 1)[1]
+    return ('tail', '') if BOX_OPEN in body or PLAN_OPEN in body else ('answer', body)
+
+
 class GroundedGrammar(LogitsProcessor):
     """Per batch row, the records its map has; masks the tokens that would leave the grounded grammar."""
 
     def __init__(self, tokenizer, ref_token_ids: Sequence[int], records: Sequence[Sequence[ObjectRecord]],
                  class_names: Sequence[str], eos_token_id: int | None = None,
-                 questions: Sequence[str] | None = None):
+                 questions: Sequence[str] | None = None, shapes: AnswerShapes | None = None):
         self.refs = {int(t): f'obj_{k}' for k, t in enumerate(ref_token_ids)}
         self.records = [{r.id: r for r in rows} for rows in records]
         self._scenes = [Scene.of(list(rows), classes=class_names) for rows in records]
@@ -100,6 +124,9 @@ class GroundedGrammar(LogitsProcessor):
         self._ref_index = torch.tensor(sorted(self.refs))
         self._prompt_len: int | None = None
         self._decoded: list[list[str]] = [[] for _ in records]
+        self.shapes = shapes or None
+        self._pieces = {**self.texts, **{t: f'<{r}>' for t, r in self.refs.items()}}
+        self._walked: list[tuple | None] = [None for _ in records]
 
     def _free_vocabulary(self, questions: Sequence[str | None]) -> list[list[int]]:
         """Per row, the text tokens free text may take: no markup, no digit (every number is a fact's value), and
@@ -192,6 +219,10 @@ class GroundedGrammar(LogitsProcessor):
 
     def allowed(self, row: int, text: str) -> list[int]:
         """Token ids that may come next after ``text`` in row ``row``."""
+        ids = self._grammar_next(row, text)
+        return self._in_shape(row, text, ids) if self.shapes else ids
+
+    def _grammar_next(self, row: int, text: str) -> list[int]:
         records = self.records[row]
         state, fragment = self._state(text)
         if state == 'free':
@@ -204,19 +235,47 @@ class GroundedGrammar(LogitsProcessor):
         pool = self._step_pool(text, fragment, row) if state == 'step' else self._box_pool(text, row)
         return self._object_tag(state, fragment, row, pool)
 
+    # -- answer shapes ------------------------------------------------------------------------------
+    def _in_shape(self, row: int, text: str, ids: list[int]) -> list[int]:
+        """``ids`` that keep the reasoning / the answer's text on one of the model's shapes (a section's closing
+        marker only once its shape is complete); after the answer's text, no more words outside boxes and steps."""
+        section, body = _shape_section(text)
+        if section == 'tail':
+            if self._state(text)[0] != 'free':
+                return ids
+            return [i for i in ids if i in self.markers or i == self.eos or self.texts.get(i, 'x').isspace()]
+        matcher = self.shapes.matchers.get(section) if section else None
+        if matcher is None:
+            return ids
+        last = self._walked[row]
+        if last and last[0] == section and body.startswith(last[1]):
+            states = matcher.advance(last[2], body[len(last[1]):])
+        else:
+            states = matcher.advance(matcher.start, body)
+        self._walked[row] = (section, body, states)
+        if not states:
+            return ids   # off every shape (only if the mask was left open): the grammar alone
+        words, complete = matcher.allowed(states, self._pieces), matcher.is_complete(states)
+        kept = [i for i in ids if i in words or (complete and (i in self.markers or i == self.eos))]
+        return kept or ids
+
     def _box_pool(self, text: str, row: int) -> set[str]:
-        """Objects a box may show: ones the text named, and the values of its object-valued facts (the support
-        ``[support <obj_3>]`` found), so that a box never shows an object the text does not speak of."""
+        """Objects a box may show: ones the answer's text named, and the values of its object-valued facts (the
+        support ``[support <obj_3>]`` found), so that a box never shows an object the answer does not speak of
+        (the reasoning's, when the answer names none)."""
         records = self.records[row]
-        pool = _named(text, records)
-        for m in FACT.finditer(text):
-            if m['name'] in _OBJECT_FACTS:
-                try:
-                    value = evaluate_fact(self._scenes[row], m['name'], m['args'].split())[1]
-                except GroundingError:
-                    continue
-                pool |= {value} & set(records)
-        return pool or set(records)
+        for spoken in (_answer_text(text), text):
+            pool = _named(spoken, records)
+            for m in FACT.finditer(spoken):
+                if m['name'] in _OBJECT_FACTS:
+                    try:
+                        value = evaluate_fact(self._scenes[row], m['name'], m['args'].split())[1]
+                    except GroundingError:
+                        continue
+                    pool |= {value} & set(records)
+            if pool:
+                return pool
+        return set(records)
 
     def _free_next(self, row: int, text: str) -> list[int]:
         """Outside a fact, box or step: the completion's sections in order, ``<think>`` reasoning ``</think>``
@@ -241,11 +300,11 @@ class GroundedGrammar(LogitsProcessor):
         return ids + [t for t in self.refs if self._fact_ok(f'{fragment}<{self.refs[t]}>', pool)]
 
     def _step_pool(self, text: str, fragment: str, row: int) -> set[str]:
-        """Objects a plan step may act on: ones the text named; for an action on an object, also ones the robot
-        can reach (navigated to, or next to one it navigated to: the validator's rule), so that the plan
-        validates."""
+        """Objects a plan step may act on: ones the answer's text named (the reasoning's, when it names none); for
+        an action on an object, also ones the robot can reach (navigated to, or next to one it navigated to: the
+        validator's rule), so that the plan validates and acts on what the answer says."""
         records = self.records[row]
-        pool = self._mentioned(text, records)
+        pool = _named(_answer_text(text), records) or self._mentioned(text, records)   # what the answer speaks of
         action = fragment.split()[0] if fragment.split() else ''
         if action in ('', 'navigate_to'):
             return pool

@@ -92,6 +92,7 @@ def test_kill_9_mid_mapping_restores_the_last_snapshot(launch_node, ros_node, tm
     history = _VoxelHistory(ros_node)
     reasoner = launch_node('reasoner', params={'max_new_tokens': 8, 'num_views': 2})
     assert ros_node.wait_for_subscriber('query', timeout=60), reasoner.output()
+    assert ros_node.wait_for_publisher('answer', timeout=60), reasoner.output()  # its answers reach the listener
     got = _ask(query, answers, 'before-map')
     assert got['status'] == 'error' and 'no map' in got['message'], got
 

@@ -255,6 +255,7 @@ def test_reasoner_answers_a_thousand_malformed_queries(launch_node, ros_node, sc
     pub = ros_node.publisher('query', String, qos=100)
     maps = ros_node.publisher('scene_map/cloud', PointCloud2, MAP_QOS)
     assert ros_node.wait_for_subscriber('query', timeout=60), node.output()
+    assert ros_node.wait_for_publisher('answer', timeout=60), node.output()  # its answers reach the listener
     maps.publish(to_pointcloud2(scene.points, scene.colors))
     rng, statuses, sent = np.random.default_rng(SEED), Counter(), 0
     t0 = time.monotonic()
@@ -285,6 +286,7 @@ def test_reasoner_survives_parser_crashers(launch_node, ros_node, tmp_path, what
     listener = ros_node.listen('answer', String, qos=100)
     pub = ros_node.publisher('query', String, qos=100)
     assert ros_node.wait_for_subscriber('query', timeout=60), node.output()
+    assert ros_node.wait_for_publisher('answer', timeout=60), node.output()  # its answers reach the listener
     pub.publish(String(data=REASONER_CRASHERS[what]))
     time.sleep(3.0)
     assert node.alive(), node.output()[-2000:]

@@ -37,6 +37,7 @@ def test_model_load_failure_answers_every_query_with_an_error(launch_node, ros_n
     answers = _answers(ros_node)
     pub = ros_node.publisher('query', String)
     assert ros_node.wait_for_subscriber('query', timeout=30), node.output()
+    assert ros_node.wait_for_publisher('answer', timeout=60), node.output()  # its answers reach the listener
     for i in range(2):  # still answering after the first failure
         got = _ask(pub, {'id': f'q{i}', 'question': 'what is on the table?'}, answers)
         assert got['status'] == 'error' and 'model load failed' in got['message'], got
@@ -48,6 +49,33 @@ def test_model_load_failure_answers_every_query_with_an_error(launch_node, ros_n
     text = ros_node.listen('answer_text', String)
     pub.publish(String(data=json.dumps({'id': 'q9', 'question': 'x'})))
     assert text.wait(lambda m: m.data.startswith('[error]'), 20)
+
+
+@pytest.mark.ros
+def test_queries_are_taken_only_while_active_so_every_one_taken_is_answered(launch_node, ros_node, tmp_path):
+    """An inactive reasoner's publishers are off: a query it took then would go unanswered. It serves `query`
+    only while active: deactivated, the topic has no subscriber; active again, it answers."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    node = launch_node('reasoner', params={'model_path': str(tmp_path / 'none')})
+    answers = _answers(ros_node)
+    pub = ros_node.publisher('query', String)
+    assert ros_node.wait_for_subscriber('query', timeout=60), node.output()
+
+    def change(transition_id):
+        req = ChangeState.Request()
+        req.transition.id = transition_id
+        assert ros_node.call_service(ChangeState, '/reasoner/change_state', req, timeout=30).success
+    change(Transition.TRANSITION_DEACTIVATE)
+    deadline = time.monotonic() + 30
+    while ros_node.node.count_subscribers(ros_node._resolve('query')) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ros_node.node.count_subscribers(ros_node._resolve('query')) == 0, 'an inactive reasoner takes queries'
+    change(Transition.TRANSITION_ACTIVATE)
+    assert ros_node.wait_for_subscriber('query', timeout=30), node.output()
+    got = _ask(pub, {'id': 'again', 'question': 'Where is the lamp?'}, answers)
+    assert got['status'] == 'error' and 'model load failed' in got['message'], got   # answered (no model here)
 
 
 def test_parse_query_plain_and_json():
@@ -186,6 +214,7 @@ def test_each_bad_request_is_an_error_and_the_node_keeps_answering(launch_node, 
     pub = ros_node.publisher('query', String)
     maps = ros_node.publisher('scene_map/cloud', PointCloud2, MAP_QOS)
     assert ros_node.wait_for_subscriber('query', timeout=60), node.output()
+    assert ros_node.wait_for_publisher('answer', timeout=60), node.output()  # its answers reach the listener
 
     got = _ask(pub, {'id': 'nomap', 'question': 'Where is the table?'}, answers, timeout=60)
     assert got['status'] == 'error' and 'no map' in got['message'], got

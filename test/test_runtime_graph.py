@@ -70,6 +70,7 @@ def graph(launch_node, ros_node):
                                       predicate=lambda m: m.width * m.height > 2000)
     assert cloud.header.frame_id == 'map'
     assert ros_node.wait_for_subscriber('query', timeout=60), reasoner.output()
+    assert ros_node.wait_for_publisher('answer', timeout=60), reasoner.output()  # its answers reach the listener
     time.sleep(2.0)  # the reasoner's transient-local map subscription has its copy by now
     return {'sim': sim, 'map': mapper, 'reasoner': reasoner}
 

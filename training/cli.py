@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-interpret', dest='interpret', action='store_false',
                    help='ask the model the questions as written, not read as the nearest trained template '
                         '(the ablation; r3d_ros.question_intent)')
+    p.add_argument('--no-shapes', dest='shapes', action='store_false',
+                   help="decode free of the model's answer shapes (the ablation; r3d_ros.answer_shapes)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--encoder', default='minilm', help="semantic-similarity encoder ('minilm', a path, clip:PATH)")
     p.add_argument('--swap-scenes', action='store_true',
@@ -114,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('--max-points', type=int, default=16384, help="points kept per scene (the training config's "
                        'data.max_points)')
         p.add_argument('--out', help='also write the result here (JSON)')
+
+    p = sub.add_parser('shapes', help="write the answer shapes of a split's targets into a checkpoint's processor "
+                       '(r3d_ros.answer_shapes; sft does it for configs with data.answer_shapes)')
+    p.add_argument('--data', required=True, help='dataset directory')
+    p.add_argument('--model', required=True, help='R3D checkpoint directory (its r3d_processor.json is rewritten)')
+    p.add_argument('--split', default='train', choices=('train',))
 
     p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
     p.add_argument('results', nargs='+')
@@ -178,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate(records, clouds, None if args.prior else args.model, train,
                        args.batch_size, args.max_new_tokens, args.device, args.encoder,
                        predictions_path=out.with_suffix('.predictions.jsonl'), regenerations=args.regenerations,
-                       grammar=args.grammar, interpret=args.interpret)
+                       grammar=args.grammar, interpret=args.interpret, shapes=args.shapes)
         from training.evaluate import _metrics_module
 
         impl = 'r3d_ros.evaluation.metrics' if _metrics_module() is not None else 'training.evaluate (fallback)'
         out.write_text(json.dumps({'name': name, 'data': str(args.data), 'split': args.split,
                                    'model': args.model, 'metrics': impl, 'swap_scenes': args.swap_scenes,
                                    'regenerations': args.regenerations, 'grammar': args.grammar,
-                                   'interpret': args.interpret,
+                                   'interpret': args.interpret, 'shapes': args.shapes,
                                    'results': res}, indent=2))
         print(markdown_table({name: res}))
     elif args.command == 'select':
@@ -220,6 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
+    elif args.command == 'shapes':
+        from r3d_ros.answer_shapes import shapes_of
+        from r3d_ros.model import R3DProcessor
+        from r3d_ros.model.processing_r3d import CONFIG_NAME
+        from training.data import load_records, split_path
+
+        processor = R3DProcessor.from_pretrained(args.model)
+        records = load_records(split_path(args.data, args.split))
+        processor.answer_shapes = shapes_of(((r.question, r.cot) for r in records), processor.class_names)
+        (Path(args.model) / CONFIG_NAME).write_text(json.dumps(processor.to_dict(), indent=2))
+        print({section: len(v) for section, v in processor.answer_shapes.items()})
     elif args.command == 'ceiling':
         from r3d_ros.model import R3DProcessor
         from training.data import SceneClouds, load_records, split_path

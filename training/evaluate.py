@@ -230,10 +230,11 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
 def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | None = None,
              train_records: Sequence[QARecord] | None = None, batch_size: int = 16, max_new_tokens: int = 256,
              device: str = 'cpu', encoder: str = 'minilm', predictions_path: str | Path | None = None,
-             regenerations: int = 0, grammar: bool = True, interpret: bool = True) -> dict:
+             regenerations: int = 0, grammar: bool = True, interpret: bool = True, shapes: bool = True) -> dict:
     """Score a checkpoint (``model_path``) or, without one, the answer-prior baseline (needs ``train_records``);
     ``regenerations``: sampled retries of refused answers, ``interpret``: questions read as the nearest trained
-    template (``r3d_ros.question_intent``), as the reasoner's parameters of those names."""
+    template (``r3d_ros.question_intent``), as the reasoner's parameters of those names; ``shapes``: decoding
+    held to the model's answer shapes when it has them (``r3d_ros.answer_shapes``)."""
     if model_path is None:
         completions = prior_completions(train_records or [], records)
         raw, answers, with_format = completions, [answer_of_completion(c) for c in completions], False
@@ -242,6 +243,8 @@ def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | 
 
         model = R3DForConditionalGeneration.from_pretrained(str(model_path))
         processor = R3DProcessor.from_pretrained(str(model_path))
+        if not shapes:
+            processor.answer_shapes = {}
         asked = interpreted(records, model.config.object_class_names) if interpret else records
         raw, completions, answers = generate_completions(model, processor, asked, clouds, batch_size,
                                                          max_new_tokens, device, regenerations=regenerations,

@@ -33,6 +33,10 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
 
         train, _ = paraphrase_records(train, cfg.get('model', {}).get('seed', 0), train=True,
                                       share=float(data['paraphrase']))
+    if data.get('answer_shapes'):  # the sentences the model learns to write, kept for decoding (answer_shapes)
+        from r3d_ros.answer_shapes import shapes_of
+
+        processor.answer_shapes = shapes_of(((r.question, r.cot) for r in train), processor.class_names)
     val_path = split_path(data['dir'], 'val')
     val = load_records(val_path, data.get('max_eval'), tasks) if val_path.exists() and data.get('max_eval') else None
     clouds = SceneClouds(data['dir'], data.get('max_points', 8192), segment=processor.num_object_tokens > 0)

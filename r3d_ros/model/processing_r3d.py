@@ -105,9 +105,13 @@ class R3DProcessor:
                  image_size: int = 64, max_depth: float = 10.0, point_features: int = 3,
                  image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
                  image_std: tuple[float, float, float] = (0.5, 0.5, 0.5), num_object_tokens: int = 0,
-                 object_points: int = 32, object_refs: bool = False, class_names: tuple[str, ...] = ()):
+                 object_points: int = 32, object_refs: bool = False, class_names: tuple[str, ...] = (),
+                 answer_shapes: dict | None = None):
         self.tokenizer = tokenizer
         self.class_names = tuple(class_names)
+        # the sentences the model was trained to write, per section (r3d_ros.answer_shapes; {} = free text)
+        self.answer_shapes = {k: list(v) for k, v in (answer_shapes or {}).items()}
+        self._shapes = None
         self.num_points, self.num_scene_tokens = num_points, num_scene_tokens
         self.num_view_tokens, self.image_size, self.max_depth = num_view_tokens, image_size, max_depth
         self.point_features = point_features
@@ -131,7 +135,7 @@ class R3DProcessor:
                 'point_features': self.point_features, 'image_mean': list(self.image_mean),
                 'image_std': list(self.image_std), 'num_object_tokens': self.num_object_tokens,
                 'object_points': self.object_points, 'object_refs': self.object_refs,
-                'class_names': list(self.class_names)}
+                'class_names': list(self.class_names), 'answer_shapes': self.answer_shapes}
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
@@ -275,13 +279,18 @@ class R3DProcessor:
             class_probs = class_probs.detach().float().cpu().numpy()
         return records_from_slots(self.object_slots(cloud), class_probs, self.class_names)
 
-    def grammar(self, records, questions=None):
+    def grammar(self, records, questions=None, shapes: bool = True):
         """The logits processor that holds decoding to the grounded grammar, for one list of object records (and
-        the question) per batch row (``r3d_ros.grammar_decoding``)."""
+        the question) per batch row (``r3d_ros.grammar_decoding``); ``shapes``: and to the model's answer shapes
+        when it has them."""
+        from r3d_ros.answer_shapes import AnswerShapes
         from r3d_ros.grammar_decoding import GroundedGrammar
 
+        if self._shapes is None:  # built once: its matchers cache their token masks across requests
+            self._shapes = AnswerShapes(self.answer_shapes, self.class_names)
         refs = [self.tokenizer.convert_tokens_to_ids(OBJECT_REF.format(k)) for k in range(self.num_object_tokens)]
-        return GroundedGrammar(self.tokenizer, refs, records, self.class_names, questions=questions)
+        return GroundedGrammar(self.tokenizer, refs, records, self.class_names, questions=questions,
+                               shapes=self._shapes if shapes else None)
 
     def ground(self, completion: str, cloud, class_probs=None, map_points=None, question: str | None = None):
         """The completion with its references, facts, boxes and plan steps filled in from the object records

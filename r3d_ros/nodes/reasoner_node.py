@@ -113,6 +113,7 @@ class ReasonerNode(LifecycleNode):
         self._latencies: list[float] = []
         self._pubs: dict = {}
         self._subs: list = []
+        self._query_sub = None   # only while active (on_activate)
         self._timer = None
         self._ask: AskActionServer | None = None
 
@@ -158,11 +159,10 @@ class ReasonerNode(LifecycleNode):
         self._subs = [
             self.create_subscription(PointCloud2, 'scene_map/cloud', self._on_map, MAP_QOS,
                                      callback_group=MutuallyExclusiveCallbackGroup()),
-            self.create_subscription(String, 'query', self._on_query, ANSWER_DEPTH,
-                                     callback_group=MutuallyExclusiveCallbackGroup()),
             self.create_subscription(String, 'cancel', self._on_cancel, 10,
                                      callback_group=MutuallyExclusiveCallbackGroup()),
         ]
+        self._query_group = MutuallyExclusiveCallbackGroup()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name='reasoner-inference', daemon=True)
         self._worker.start()
@@ -172,14 +172,26 @@ class ReasonerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Queries are taken only while active (the subscription exists then): a query an inactive node took
+        could not be answered, its managed publishers being off, so a client that sees `query` served is."""
+        result = super().on_activate(state)
+        self._query_sub = self.create_subscription(String, 'query', self._on_query, ANSWER_DEPTH,
+                                                   callback_group=self._query_group)
         self.get_logger().info('active: answering queries on ' + self.resolve_topic_name('query'))
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._drop_query_subscription()
         return super().on_deactivate(state)
+
+    def _drop_query_subscription(self) -> None:
+        if self._query_sub is not None:
+            self.destroy_subscription(self._query_sub)
+            self._query_sub = None
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         self.stop_worker()
+        self._drop_query_subscription()
         if self._ask is not None:
             self._ask.destroy()
             self._ask = None

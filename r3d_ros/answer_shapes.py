@@ -1,0 +1,154 @@
+"""Answer shapes: the sentences a model was trained to write, with its objects, classes and facts left open.
+
+The grounded grammar (:mod:`r3d_ros.grammar_decoding`) keeps every fact and reference true of the map, not the
+words around them: a small model drifts into word salad ("its highest point at z upp ... the box is centreding")
+with every number still right. A model trained on generated targets has a closed set of sentence shapes; this
+module learns them from its training targets and lets decoding write only text that follows one of them:
+
+    The CLASS REF is about [height ARGS tall. Its box reaches from [bottom ARGS to [top ARGS above the floor ...
+
+where CLASS is any class phrase of the model ('lamp', 'black lamp'), CLASSES its plural, REF one ``<obj_k>``
+(which one: the grammar's rules) and ARGS a fact's arguments up to its ``]`` (the grammar checks them). What
+stays the model's: which shape (which question it answers), which objects and facts. A model without shapes
+(a real backbone trained on free text) decodes as before. Hand-written: the shapes are a trie over characters
+with a few open slots, matched as a small NFA; no maintained library takes per-request token masks of this kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+import re
+
+from r3d_ros.grounding import label_text, plural
+from r3d_ros.scene_objects import COLOR_NAMES
+
+CLASS, CLASSES, REF, ARGS = '\x01', '\x02', '\x04', '\x05'   # open slots in a stored skeleton
+#: the trie's keys of the slots: longer than one character, so no text character (a byte token's '\x04') is one
+_SLOT = {CLASS: '<class>', CLASSES: '<classes>', REF: '<ref>', ARGS: '<args>'}
+SECTIONS = ('think', 'answer')
+_REF = re.compile(r'<[a-z_]+_\d+>')
+_DETERMINERS = ('the', 'a', 'for')
+
+
+def _phrases(class_names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(class phrases, plural phrases), longest first: 'trash can', 'black trash can'; 'trash cans'."""
+    words = [label_text(c) for c in class_names]
+    one = words + [f'{c} {w}' for c in COLOR_NAMES for w in words]
+    many = [plural(c) for c in class_names]
+    key = lambda s: (-len(s), s)  # noqa: E731
+    return sorted(set(one), key=key), sorted(set(many), key=key)
+
+
+def skeleton(text: str, question: str, class_names: Sequence[str]) -> str:
+    """``text`` (a think or answer body of a training target) with its references, fact arguments and the class
+    phrases that name objects (before a reference, or after a determiner when the question names them) opened.
+    Other class words stay words ('Its box reaches from')."""
+    t = _REF.sub(REF, text)
+    t = re.sub(r'\[(\w+)[^\]]+\]', lambda m: f'[{m[1]}{ARGS}', t)
+    one, many = _phrases(class_names)
+    q = question.lower()
+    longest = sorted(many + one, key=lambda w: -len(w))
+    pattern = re.compile(r'(?<![\w])(' + '|'.join(map(re.escape, longest)) + r')(?![\w])')
+
+    def opened(m: re.Match) -> str:
+        before = t[:m.start()].split()[-1:] or ['']
+        named = t[m.end():].startswith(' ' + REF)
+        asked = before[0].lower() in _DETERMINERS and re.search(rf'\b{re.escape(m[1])}\b', q)
+        if not (named or asked):
+            return m[0]
+        return CLASSES if m[1] in many else CLASS
+    return pattern.sub(opened, t)
+
+
+def sections(completion: str) -> dict[str, str]:
+    """{'think': body, 'answer': text before its first box or plan} of a completion in the output grammar."""
+    think = re.search(r'<think>(.*?)</think>', completion, re.S)
+    answer = re.search(r'<answer>(.*?)(?:<box>|<plan>|</answer>|$)', completion, re.S)
+    return {'think': think[1].strip() if think else '', 'answer': answer[1].strip() if answer else ''}
+
+
+def shapes_of(targets: Iterable[tuple[str, str]], class_names: Sequence[str]) -> dict[str, list[str]]:
+    """{section: sorted distinct skeletons} of (question, completion) training pairs."""
+    out: dict[str, set[str]] = {s: set() for s in SECTIONS}
+    for question, completion in targets:
+        for name, body in sections(completion).items():
+            if body:
+                out[name].add(skeleton(body, question, class_names))
+    return {s: sorted(v) for s, v in out.items()}
+
+
+class ShapeMatcher:
+    """The skeletons of one section as a character trie; a state is a set of (node, pending) where pending is the
+    rest of a class phrase being written, ARGS inside a fact, or '' at a node."""
+
+    def __init__(self, skeletons: Sequence[str], class_names: Sequence[str]):
+        self.children: list[dict[str, int]] = [{}]
+        self.terminal: list[bool] = [False]
+        for s in skeletons:
+            node = 0
+            for ch in (_SLOT.get(c, c) for c in s):
+                if ch not in self.children[node]:
+                    self.children.append({})
+                    self.terminal.append(False)
+                    self.children[node][ch] = len(self.children) - 1
+                node = self.children[node][ch]
+            self.terminal[node] = True
+        one, many = _phrases(class_names)
+        self.expansions = {_SLOT[CLASS]: one, _SLOT[CLASSES]: many}
+        self.start = frozenset({(0, '')})
+        self._allowed: dict[frozenset, frozenset] = {}
+
+    def _step(self, node: int, pending: str, sym: str) -> Iterable[tuple[int, str]]:
+        if pending == ARGS:
+            yield (node, '') if sym == ']' else (node, ARGS)
+            return
+        if pending:
+            if sym == pending[0]:
+                yield node, pending[1:]
+            return
+        if self.terminal[node] and sym.isspace():
+            yield node, ''   # a finished shape takes the space before the next section's marker
+        for key, child in self.children[node].items():
+            if key == sym:
+                yield child, ''
+            elif key == _SLOT[ARGS]:
+                yield (child, '') if sym == ']' else (child, ARGS)
+            elif key in self.expansions and sym != _SLOT[REF]:
+                yield from ((child, e[1:]) for e in self.expansions[key] if e[0] == sym)
+
+    def advance(self, states: frozenset, text: str) -> frozenset:
+        """The states after ``text`` (an ``<obj_k>`` in it is one REF symbol); empty: off every shape."""
+        for sym in _symbols(text):
+            states = frozenset(s for node, pending in states for s in self._step(node, pending, sym))
+            if not states:
+                break
+        return states
+
+    def is_complete(self, states: frozenset) -> bool:
+        return any(self.terminal[node] and not pending for node, pending in states)
+
+    def allowed(self, states: frozenset, pieces: dict[int, str]) -> frozenset:
+        """Ids of ``pieces`` (token id -> text) that keep ``states`` on some shape; cached per state set (the
+        shapes are the model's, so the cache serves every request)."""
+        if states not in self._allowed:
+            if len(self._allowed) > 50_000:
+                self._allowed.clear()
+            self._allowed[states] = frozenset(i for i, s in pieces.items() if s and self.advance(states, s))
+        return self._allowed[states]
+
+
+def _symbols(text: str) -> list[str]:
+    out: list[str] = []
+    for i, part in enumerate(re.split(r'(<obj_\d+>)', text)):
+        out.extend([_SLOT[REF]] if i % 2 else list(part))
+    return out
+
+
+class AnswerShapes:
+    """A model's shapes per section (``R3DProcessor.answer_shapes``), with the matcher of each."""
+
+    def __init__(self, shapes: dict[str, Sequence[str]], class_names: Sequence[str]):
+        self.matchers = {s: ShapeMatcher(shapes.get(s) or (), class_names) for s in SECTIONS if shapes.get(s)}
+
+    def __bool__(self) -> bool:
+        return bool(self.matchers)

@@ -1,0 +1,125 @@
+"""Answer shapes (r3d_ros.answer_shapes): the sentences of the training targets with objects, classes and facts
+open; decoding under them writes one of those sentences or nothing, and the shipped model carries its shapes."""
+
+import re
+
+import pytest
+from test_grounding import _room
+
+from r3d_ros.answer_shapes import ARGS, CLASS, CLASSES, REF, AnswerShapes, sections, shapes_of, skeleton
+from r3d_ros.pipeline import default_model_path
+from r3d_ros.scenes.qa import generate_qa
+from r3d_ros.scenes.synthetic import generate_scene
+
+CLASS_NAMES = ('chair', 'table', 'lamp', 'box', 'trash_can')
+
+
+def _refs_as_slots(text: str) -> str:
+    """A generator target's ground-truth references (<lamp_21>) as the model writes them (<obj_21>)."""
+    return re.sub(r'<[a-z_]+_(\d+)>', r'<obj_\1>', text)
+
+
+def _classes():
+    from r3d_ros.scenes.synthetic import CATEGORIES
+
+    return tuple(CATEGORIES)
+
+
+@pytest.fixture(scope='module')
+def targets():
+    """(question, completion) of the generator's records over 20 rooms, and of 3 rooms it never saw."""
+    def of(seeds):
+        return [(r.question, r.cot) for s in seeds for r in generate_qa(generate_scene(s), s)]
+    return of(range(20)), of(range(500, 503))
+
+
+@pytest.fixture(scope='module')
+def processor():
+    from r3d_ros.model import R3DProcessor
+
+    return R3DProcessor.from_pretrained(str(default_model_path()))
+
+
+def test_a_skeleton_opens_references_facts_and_the_class_phrases_that_name_objects():
+    text = 'The black lamp <lamp_2> is about [height <lamp_2>] tall. Its box reaches from [bottom <lamp_2>].'
+    assert skeleton(text, 'How tall is the black lamp?', CLASS_NAMES) == \
+        f'The {CLASS} {REF} is about [height{ARGS} tall. Its box reaches from [bottom{ARGS}.'   # 'box': a word here
+    assert skeleton('I scan the room for trash cans: [list trash_can].', 'How many trash cans are there?',
+                    CLASS_NAMES) == f'I scan the room for {CLASSES}: [list{ARGS}.'
+    # a class word the question does not ask about, with no reference after it, stays a word
+    assert skeleton('the chair is red', 'Is there a lamp?', CLASS_NAMES) == 'the chair is red'
+
+
+def test_unseen_rooms_targets_are_on_shape_and_word_salad_is_not(targets):
+    seen, unseen = targets
+    shapes = AnswerShapes(shapes_of(seen, _classes()), _classes())
+    for _, completion in unseen:
+        for name, body in sections(_refs_as_slots(completion)).items():
+            m = shapes.matchers[name]
+            assert m.is_complete(m.advance(m.start, body)), (name, body)
+    m = shapes.matchers['think']   # the shipped model once wrote this, every fact in it right
+    salad = 'First, I locate the lamp <obj_21>, centred at [center <obj_21>]. Next, I find its lowest point at ' \
+            'z = [bottom <obj_21>] and its highest point at z upp <obj_20> with the box'
+    assert not m.advance(m.start, salad)
+    assert m.advance(m.start, salad[:salad.index(' upp')])            # on shape up to the slip
+    assert not m.is_complete(m.advance(m.start, 'First, I locate the lamp <obj_21>'))   # unfinished
+
+
+def test_the_grammar_under_shapes_lets_only_a_shape_go_on(processor, targets):
+    from r3d_ros.grammar_decoding import GroundedGrammar
+
+    records, _, _ = _room()   # obj_0 table, obj_1 chair, obj_2 lamp
+    shapes = AnswerShapes(shapes_of(targets[0], _classes()), _classes())
+    refs = [processor.tokenizer.convert_tokens_to_ids(f'<obj_{k}>') for k in range(processor.num_object_tokens)]
+    g = GroundedGrammar(processor.tokenizer, refs, [records], processor.class_names,
+                        questions=['What color is the lamp?'], shapes=shapes)
+    tok = processor.tokenizer
+    after = lambda text: [tok.convert_ids_to_tokens(i) if i in g.markers or i in g.refs else tok.decode([i])  # noqa: E731
+                          for i in g.allowed(0, text)]
+    start = after('<think>')
+    assert start and all('First'.startswith(s) or s.startswith('First') for s in start), start
+    # mid-sentence: only what some shape writes next, never the end of the reasoning
+    mid = after('<think>First, I look for the lamp in the scene and find one, the lamp')
+    assert mid and all(s.isspace() for s in mid) and '</think>' not in mid, mid
+    assert after('<think>First, I look for the lamp in the scene and find one, the lamp ') == ['<obj_2>']
+    think = next(_refs_as_slots(c) for q, c in targets[0] if q.startswith('What color'))
+    body = sections(think)['think']
+    assert '</think>' in after('<think>' + body)          # a whole shape: the reasoning may end
+    answer = '<think>' + body + '</think><answer>' + sections(think)['answer']
+    assert '<box>' in after(answer) and '</answer>' in after(answer)
+    boxed = answer + ' <box>lamp <obj_2></box>'
+    assert all(s.isspace() or s.startswith('<') for s in after(boxed)), after(boxed)   # no words after the boxes
+
+
+def test_the_processor_keeps_its_shapes_and_the_shipped_model_has_them(processor, tmp_path):
+    assert set(processor.answer_shapes) == {'think', 'answer'} and all(processor.answer_shapes.values())
+    processor.save_pretrained(tmp_path)
+    again = type(processor).from_pretrained(tmp_path)
+    assert again.answer_shapes == processor.answer_shapes
+    assert processor.grammar([[]]).shapes and processor.grammar([[]], shapes=False).shapes is None
+
+
+@pytest.mark.slow
+def test_the_shipped_model_writes_whole_shapes_about_unseen_rooms(processor):
+    """Generated rooms, the generator's questions, greedy, the reasoner's pipeline: every reasoning and answer
+    text it publishes is one of its shapes, whole (unless the token budget cut it)."""
+    import torch
+
+    from r3d_ros.pipeline import ScenePipeline
+
+    torch.set_num_threads(1)
+    pipe = ScenePipeline.from_pretrained(default_model_path(), device='cpu', max_new_tokens=512, regenerations=0,
+                                         with_views=False)
+    shapes = processor.grammar([[]]).shapes
+    checked = 0
+    for seed in (601, 602):
+        scene = generate_scene(seed)
+        for qa in generate_qa(scene, seed, per_task={'attribute': 1, 'spatial': 1, 'planning': 1}):
+            res = pipe.answer(scene.points, scene.colors, qa.question)
+            if res.timings['new_tokens'] >= pipe.max_new_tokens:
+                continue
+            for name, body in sections(res.raw).items():
+                m = shapes.matchers[name]
+                assert m.is_complete(m.advance(m.start, body)), (qa.question, name, body)
+            checked += 1
+    assert checked >= 4
