@@ -1,6 +1,7 @@
 """Answer shapes (r3d_ros.answer_shapes): the sentences of the training targets with objects, classes and facts
 open; decoding under them writes one of those sentences or nothing, and the shipped model carries its shapes."""
 
+import json
 import re
 
 import pytest
@@ -123,3 +124,13 @@ def test_the_shipped_model_writes_whole_shapes_about_unseen_rooms(processor):
                 assert m.is_complete(m.advance(m.start, body)), (qa.question, name, body)
             checked += 1
     assert checked >= 4
+
+
+def test_on_shape_counts_the_predictions_written_as_whole_shapes(processor, targets, tmp_path):
+    from training.evaluate import on_shape
+
+    good = _refs_as_slots(targets[1][0][1])
+    bad = good.replace(' is ', ' iz ', 1)
+    path = tmp_path / 'p.predictions.jsonl'
+    path.write_text('\n'.join(f'{{"task": "attribute", "written": {json.dumps(w)}}}' for w in (good, bad)))
+    assert on_shape(processor, path) == {'attribute': 50.0, 'all': 50.0}

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', required=True, help='dataset directory')
     p.add_argument('--model', required=True, help='R3D checkpoint directory (its r3d_processor.json is rewritten)')
     p.add_argument('--split', default='train', choices=('train',))
+    p.add_argument('--check', nargs='+', metavar='PREDICTIONS',
+                   help="instead: per task, the share of evaluate predictions (.predictions.jsonl) whose reasoning "
+                        "and answer text, as written, are whole shapes of the model's")
 
     p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
     p.add_argument('results', nargs='+')
@@ -235,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         from training.data import load_records, split_path
 
         processor = R3DProcessor.from_pretrained(args.model)
+        if args.check:
+            from training.evaluate import on_shape
+
+            for path in args.check:
+                print(path, json.dumps(on_shape(processor, Path(path))))
+            return 0
         records = load_records(split_path(args.data, args.split))
         processor.answer_shapes = shapes_of(((r.question, r.cot) for r in records), processor.class_names)
         (Path(args.model) / CONFIG_NAME).write_text(json.dumps(processor.to_dict(), indent=2))

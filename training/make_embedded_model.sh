@@ -8,8 +8,8 @@
 #   select  the SFT model and every GRPO checkpoint, decoded as the reasoner decodes (greedy, 2 sampled retries of a
 #           refused answer) on the first $VAL_LIMIT (default 224) val records; the highest Format + Acc@0.25 + SemSim
 #           + KeyFact wins (the SFT model first: GRPO has to beat it to be chosen)
-#   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint; and without the grounded grammar, the
-#           ablation) on the test split, SFT + GRPO on the
+#   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint; and without the grounded grammar or
+#           without its answer shapes, the ablations) on the test split, SFT + GRPO on the
 #           paraphrased test questions, and the proposals' ceiling; the table
 #   ship    the selected model -> r3d_ros/assets/r3d_tiny, result JSONs -> training/results/
 # Usage: bash training/make_embedded_model.sh [data|sft|grpo|select|test|ship]...   (default: all, in order)
@@ -38,18 +38,21 @@ for stage in "${stages[@]}"; do
           --out results/grpo.json
       t $bin/r3d-train evaluate --data $data --model $grpo/selected --name "SFT + GRPO, no grammar" --no-grammar \
           "${decode[@]}" --out results/grpo_no_grammar.json
+      t $bin/r3d-train evaluate --data $data --model $grpo/selected --name "SFT + GRPO, no answer shapes" --no-shapes \
+          "${decode[@]}" --out results/grpo_no_shapes.json
       t $bin/r3d-train evaluate --data $data --split test_paraphrase --model $grpo/selected \
           --name "SFT + GRPO, paraphrased" "${decode[@]}" --out results/grpo_paraphrase.json
       t $bin/r3d-train ceiling --data $data --model $grpo/selected --split test "${points[@]}" --out results/ceiling.json
       $bin/r3d-train table results/prior.json results/sft.json results/grpo.json results/grpo_no_grammar.json \
-          results/grpo_paraphrase.json \
+          results/grpo_no_shapes.json results/grpo_paraphrase.json \
           | tee results/table.md ;;
     ship)
       rm -rf r3d_ros/assets/r3d_tiny && mkdir -p r3d_ros/assets/r3d_tiny training/results
       cp $grpo/selected/{config.json,generation_config.json,model.safetensors,r3d_processor.json} \
          $grpo/selected/{tokenizer.json,tokenizer_config.json,chat_template.jinja} r3d_ros/assets/r3d_tiny/
       realpath --relative-to=. $grpo/selected > r3d_ros/assets/r3d_tiny/SOURCE   # which checkpoint this is
-      cp results/prior.json results/sft.json results/grpo.json results/grpo_no_grammar.json results/grpo_paraphrase.json \
+      cp results/prior.json results/sft.json results/grpo.json results/grpo_no_grammar.json results/grpo_no_shapes.json \
+         results/grpo_paraphrase.json \
          results/ceiling.json \
          results/table.md results/val/selection.json training/results/ ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
