@@ -157,6 +157,16 @@ class _Swapped:
         return self.clouds[self.other[scene_id]]
 
 
+def _end_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to exit, a rank of an `accelerate launch`
+    run can abort in its C++ teardown ('terminate called without an active exception') after saving."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault('HF_HUB_OFFLINE', '1')  # never reach for the network
@@ -165,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.sft import run_sft
 
         print(run_sft(_train_config(args), args.output_dir, resume=args.resume))
+        _end_distributed()
     elif args.command == 'grpo':
         from training.grpo import run_grpo
 
@@ -172,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.get('model', {}).get('path'):
             raise SystemExit('grpo starts from an SFT checkpoint: pass --model DIR (or set model.path)')
         print(run_grpo(cfg, args.output_dir, resume=args.resume))
+        _end_distributed()
     elif args.command == 'evaluate':
         from training.data import SceneClouds, load_records, split_path
         from training.evaluate import evaluate, markdown_table
