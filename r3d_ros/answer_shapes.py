@@ -17,6 +17,7 @@ with a few open slots, matched as a small NFA; no maintained library takes per-r
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+import functools
 import re
 
 from r3d_ros.grounding import label_text, plural
@@ -39,16 +40,23 @@ def _phrases(class_names: Sequence[str]) -> tuple[list[str], list[str]]:
     return sorted(set(one), key=key), sorted(set(many), key=key)
 
 
+@functools.lru_cache(maxsize=4)
+def _phrase_pattern(class_names: tuple[str, ...]) -> tuple[re.Pattern, frozenset[str]]:
+    """(a whole-word pattern of every class phrase and plural, longest first; the plurals), compiled once per
+    class list, not per training target."""
+    one, many = _phrases(class_names)
+    longest = sorted(many + one, key=lambda w: -len(w))
+    return re.compile(r'(?<![\w])(' + '|'.join(map(re.escape, longest)) + r')(?![\w])'), frozenset(many)
+
+
 def skeleton(text: str, question: str, class_names: Sequence[str]) -> str:
     """``text`` (a think or answer body of a training target) with its references, fact arguments and the class
     phrases that name objects (before a reference, or after a determiner when the question names them) opened.
     Other class words stay words ('Its box reaches from')."""
     t = _REF.sub(REF, text)
     t = re.sub(r'\[(\w+)[^\]]+\]', lambda m: f'[{m[1]}{ARGS}', t)
-    one, many = _phrases(class_names)
+    pattern, many = _phrase_pattern(tuple(class_names))
     q = question.lower()
-    longest = sorted(many + one, key=lambda w: -len(w))
-    pattern = re.compile(r'(?<![\w])(' + '|'.join(map(re.escape, longest)) + r')(?![\w])')
 
     def opened(m: re.Match) -> str:
         before = t[:m.start()].split()[-1:] or ['']
@@ -127,6 +135,10 @@ class ShapeMatcher:
     def is_complete(self, states: frozenset) -> bool:
         return any(self.terminal[node] and not pending for node, pending in states)
 
+    def matches(self, text: str) -> bool:
+        """``text`` is one whole shape."""
+        return self.is_complete(self.advance(self.start, text))
+
     def allowed(self, states: frozenset, pieces: dict[int, str]) -> frozenset:
         """Ids of ``pieces`` (token id -> text) that keep ``states`` on some shape; cached per state set (the
         shapes are the model's, so the cache serves every request)."""
@@ -152,3 +164,7 @@ class AnswerShapes:
 
     def __bool__(self) -> bool:
         return bool(self.matchers)
+
+    def fits(self, completion: str) -> bool:
+        """Each section of ``completion`` that has shapes is one of them, whole."""
+        return all(m.matches(body) for name, body in sections(completion).items() if (m := self.matchers.get(name)))

@@ -117,11 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                        'data.max_points)')
         p.add_argument('--out', help='also write the result here (JSON)')
 
-    p = sub.add_parser('shapes', help="write the answer shapes of a split's targets into a checkpoint's processor "
-                       '(r3d_ros.answer_shapes; sft does it for configs with data.answer_shapes)')
+    p = sub.add_parser('shapes', help="write the answer shapes of the train split's targets into a checkpoint's "
+                       'processor (r3d_ros.answer_shapes; sft does it for configs with data.answer_shapes)')
     p.add_argument('--data', required=True, help='dataset directory')
     p.add_argument('--model', required=True, help='R3D checkpoint directory (its r3d_processor.json is rewritten)')
-    p.add_argument('--split', default='train', choices=('train',))
     p.add_argument('--check', nargs='+', metavar='PREDICTIONS',
                    help="instead: per task, the share of evaluate predictions (.predictions.jsonl) whose reasoning "
                         "and answer text, as written, are whole shapes of the model's")
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in args.check:
                 print(path, json.dumps(on_shape(processor, Path(path))))
             return 0
-        records = load_records(split_path(args.data, args.split))
+        records = load_records(split_path(args.data, 'train'))
         processor.answer_shapes = shapes_of(((r.question, r.cot) for r in records), processor.class_names)
         (Path(args.model) / CONFIG_NAME).write_text(json.dumps(processor.to_dict(), indent=2))
         print({section: len(v) for section, v in processor.answer_shapes.items()})

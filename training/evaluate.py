@@ -230,14 +230,10 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
 def on_shape(processor, predictions: Path) -> dict[str, float]:
     """{task: % of predictions whose reasoning and answer text, as the model wrote them, are whole shapes of
     ``processor``'s} (``r3d_ros.answer_shapes``): how often the published sentences are ones it was trained on."""
-    from r3d_ros.answer_shapes import AnswerShapes, sections
-
-    shapes = AnswerShapes(processor.answer_shapes, processor.class_names)
     hits: dict[str, list[bool]] = defaultdict(list)
     for line in predictions.read_text().splitlines():
         row = json.loads(line)
-        whole = all(m.is_complete(m.advance(m.start, body)) for name, body in sections(row['written']).items()
-                    if (m := shapes.matchers.get(name)))
+        whole = processor.shapes.fits(row['written'])
         for task in (row['task'], 'all'):
             hits[task].append(whole)
     return {task: round(100 * float(np.mean(v)), 1) for task, v in hits.items()}

@@ -111,7 +111,7 @@ class R3DProcessor:
         self.class_names = tuple(class_names)
         # the sentences the model was trained to write, per section (r3d_ros.answer_shapes; {} = free text)
         self.answer_shapes = {k: list(v) for k, v in (answer_shapes or {}).items()}
-        self._shapes = None
+        self._shapes = (None, None)   # (the answer_shapes dict it was built from, AnswerShapes)
         self.num_points, self.num_scene_tokens = num_points, num_scene_tokens
         self.num_view_tokens, self.image_size, self.max_depth = num_view_tokens, image_size, max_depth
         self.point_features = point_features
@@ -283,14 +283,21 @@ class R3DProcessor:
         """The logits processor that holds decoding to the grounded grammar, for one list of object records (and
         the question) per batch row (``r3d_ros.grammar_decoding``); ``shapes``: and to the model's answer shapes
         when it has them."""
-        from r3d_ros.answer_shapes import AnswerShapes
         from r3d_ros.grammar_decoding import GroundedGrammar
 
-        if self._shapes is None:  # built once: its matchers cache their token masks across requests
-            self._shapes = AnswerShapes(self.answer_shapes, self.class_names)
         refs = [self.tokenizer.convert_tokens_to_ids(OBJECT_REF.format(k)) for k in range(self.num_object_tokens)]
         return GroundedGrammar(self.tokenizer, refs, records, self.class_names, questions=questions,
-                               shapes=self._shapes if shapes else None)
+                               shapes=self.shapes if shapes else None)
+
+    @property
+    def shapes(self):
+        """``answer_shapes`` as matchers (``r3d_ros.answer_shapes.AnswerShapes``), built once per shapes dict: the
+        matchers cache their token masks across requests; assigning ``answer_shapes`` rebuilds them."""
+        from r3d_ros.answer_shapes import AnswerShapes
+
+        if self._shapes[0] is not self.answer_shapes:
+            self._shapes = (self.answer_shapes, AnswerShapes(self.answer_shapes, self.class_names))
+        return self._shapes[1]
 
     def ground(self, completion: str, cloud, class_probs=None, map_points=None, question: str | None = None):
         """The completion with its references, facts, boxes and plan steps filled in from the object records
