@@ -89,6 +89,7 @@ def test_the_grammar_under_shapes_lets_only_a_shape_go_on(processor, targets):
     assert '<box>' in after(answer) and '</answer>' in after(answer)
     boxed = answer + ' <box>lamp <obj_2></box>'
     assert all(s.isspace() or s.startswith('<') for s in after(boxed)), after(boxed)   # no words after the boxes
+    assert not any(s.startswith('<obj_') for s in after(boxed)), after(boxed)           # nor bare references
 
 
 def test_the_processor_keeps_its_shapes_and_the_shipped_model_has_them(processor, tmp_path):

@@ -252,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             from training.evaluate import on_shape
 
-            for path in args.check:
-                print(path, json.dumps(on_shape(processor, Path(path))))
+            for path in map(Path, args.check):
+                if not path.is_file():
+                    raise SystemExit(f'no predictions file {path} (r3d-train evaluate writes OUT.predictions.jsonl)')
+                print(path, json.dumps(on_shape(processor, path)))
             return 0
         records = load_records(split_path(args.data, 'train'))
         processor.answer_shapes = shapes_of(((r.question, r.cot) for r in records), processor.class_names)
