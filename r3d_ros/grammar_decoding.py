@@ -20,8 +20,8 @@ masks, at every step, each next token that would make such a completion, from th
 * no digit anywhere (every number is a fact's value), and a colour word only one the question says;
 * the sections in order (``<think>`` ... ``</think><answer>`` ... ``</answer>``, boxes and one plan of steps in
   the answer, the end only after it), so a completion is always well-formed unless cut off by the budget;
-* no more boxes than objects the text names (a small model otherwise repeats a box in place of the plan), each
-  on an object the text named or an object-valued fact found (``[support <obj_3>]``);
+* a box per object the answer's text speaks of (a small model otherwise repeats a box in place of the plan):
+  each on a different object it named or an object-valued fact found (``[support <obj_3>]``);
 * with the model's answer shapes (:mod:`r3d_ros.answer_shapes`, learnt from its training targets): the reasoning
   and the answer's text follow one of the sentences it was trained to write, with its objects, classes and
   facts open, and nothing but boxes and a plan after that text.
@@ -63,6 +63,7 @@ from r3d_ros.scene_objects import COLOR_NAMES, ObjectRecord
 _MARKUP = re.compile(r'[<>\[\]]')
 _NAME = re.compile(r'[a-z_]*')
 _OBJECT_FACTS = ('nearest', 'support', 'between')   # facts whose value is an object (r3d_ros.grounding.FACTS)
+_BOXED = re.compile(rf'{re.escape(BOX_OPEN)}[^<]*<(obj_\d+)>')
 _NAVIGATED = re.compile(rf'{STEP_OPEN}\s*navigate_to\s+(?:\S+\s+)?<(?P<id>obj_\d+)>')
 
 
@@ -259,10 +260,9 @@ class GroundedGrammar(LogitsProcessor):
         kept = [i for i in ids if i in words or (complete and (i in self.markers or i == self.eos))]
         return kept or ids
 
-    def _box_pool(self, text: str, row: int) -> set[str]:
-        """Objects a box may show: ones the answer's text named, and the values of its object-valued facts (the
-        support ``[support <obj_3>]`` found), so that a box never shows an object the answer does not speak of
-        (the reasoning's, when the answer names none)."""
+    def _spoken_of(self, text: str, row: int) -> set[str]:
+        """Objects the answer's text speaks of (the reasoning's, when the answer names none): the ones it names,
+        and the values of its object-valued facts (the support ``[support <obj_3>]`` found)."""
         records = self.records[row]
         for spoken in (_answer_text(text), text):
             pool = _named(spoken, records)
@@ -275,7 +275,13 @@ class GroundedGrammar(LogitsProcessor):
                     pool |= {value} & set(records)
             if pool:
                 return pool
-        return set(records)
+        return set()
+
+    def _box_pool(self, text: str, row: int) -> set[str]:
+        """Objects a box may show: one the answer speaks of (:meth:`_spoken_of`) and no box shows yet, so that a
+        box never shows an object the answer does not speak of, nor one twice."""
+        spoken = self._spoken_of(text, row)
+        return (spoken - set(_BOXED.findall(text))) or spoken or set(self.records[row])
 
     def _free_next(self, row: int, text: str) -> list[int]:
         """Outside a fact, box or step: the completion's sections in order, ``<think>`` reasoning ``</think>``
@@ -292,7 +298,7 @@ class GroundedGrammar(LogitsProcessor):
         if plan and PLAN_CLOSE not in plan:   # between steps: the next step, or the end of a plan that has one
             return self._spaces + [ids[STEP_OPEN]] + ([ids[PLAN_CLOSE]] if STEP_CLOSE in plan else [])
         words = self._free_text[row] + self._ref_ids(self.records[row], self._class_before(text), row=row)
-        return words + [ids[ANSWER_CLOSE]] + ([ids[BOX_OPEN]] if self._may_box(text, self.records[row]) else []) \
+        return words + [ids[ANSWER_CLOSE]] + ([ids[BOX_OPEN]] if self._may_box(text, row) else []) \
             + ([] if plan else [ids[PLAN_OPEN]])
 
     def _fact_next(self, fragment: str, pool: set[str]) -> list[int]:
@@ -314,14 +320,10 @@ class GroundedGrammar(LogitsProcessor):
         reach = {k for k in records if k in visited or reachable(boxes[k], visited, boxes)}
         return (pool & reach) or reach or pool
 
-    @staticmethod
-    def _may_box(text: str, records: dict) -> bool:
-        """Another ``<box>`` only while fewer boxes than objects the text names (by reference or by an object-valued
-        fact such as ``[support <obj_3>]``): a box per object, as in the training targets, never a run of copies
-        in place of the plan."""
-        named = _named(text, records)
-        found = sum(text.count(f'[{f} ') for f in _OBJECT_FACTS)
-        return text.count(BOX_OPEN) < len(named) + found
+    def _may_box(self, text: str, row: int) -> bool:
+        """Another ``<box>`` only while some object the answer speaks of has none: a box per object, as in the
+        training targets, never a run of copies in place of the plan."""
+        return text.count(BOX_OPEN) < len(self._spoken_of(text, row))
 
     @staticmethod
     def _mentioned(text: str, records: dict) -> set[str]:
