@@ -7,8 +7,10 @@ module learns them from its training targets and lets decoding write only text t
 
     The CLASS REF is about [height ARGS tall. Its box reaches from [bottom ARGS to [top ARGS above the floor ...
 
-where CLASS is any class phrase of the model ('lamp', 'black lamp'), CLASSES its plural, REF one ``<obj_k>``
-(which one: the grammar's rules) and ARGS a fact's arguments up to its ``]`` (the grammar checks them). What
+where CLASS is any class phrase of the model ('lamp', 'black lamp') and CLASSES its plural, before a reference
+(which the grammar then keeps to that class); ASKED / ASKED_MANY a class phrase the question says ('the black
+lamp is ... tall' for "How tall is the black lamp?", 'I scan the room for lamps'), only one it says; REF one
+``<obj_k>`` (which one: the grammar's rules) and ARGS a fact's arguments up to its ``]`` (the grammar checks them). What
 stays the model's: which shape (which question it answers), which objects and facts. A model without shapes
 (a real backbone trained on free text) decodes as before. Hand-written: the shapes are a trie over characters
 with a few open slots, matched as a small NFA; no maintained library takes per-request token masks of this kind.
@@ -24,8 +26,10 @@ from r3d_ros.grounding import label_text, plural
 from r3d_ros.scene_objects import COLOR_NAMES
 
 CLASS, CLASSES, REF, ARGS = '\x01', '\x02', '\x04', '\x05'   # open slots in a stored skeleton
+ASKED, ASKED_MANY = '\x03', '\x06'
 #: the trie's keys of the slots: longer than one character, so no text character (a byte token's '\x04') is one
-_SLOT = {CLASS: '<class>', CLASSES: '<classes>', REF: '<ref>', ARGS: '<args>'}
+_SLOT = {CLASS: '<class>', CLASSES: '<classes>', REF: '<ref>', ARGS: '<args>', ASKED: '<asked>',
+         ASKED_MANY: '<asked-many>'}
 SECTIONS = ('think', 'answer')
 _REF = re.compile(r'<[a-z_]+_\d+>')
 _DETERMINERS = ('the', 'a', 'for')
@@ -62,10 +66,23 @@ def skeleton(text: str, question: str, class_names: Sequence[str]) -> str:
         before = t[:m.start()].split()[-1:] or ['']
         named = t[m.end():].startswith(' ' + REF)
         asked = before[0].lower() in _DETERMINERS and re.search(rf'\b{re.escape(m[1])}\b', q)
-        if not (named or asked):
-            return m[0]
-        return CLASSES if m[1] in many else CLASS
+        if named:
+            return CLASSES if m[1] in many else CLASS
+        if asked:
+            return ASKED_MANY if m[1] in many else ASKED
+        return m[0]
     return pattern.sub(opened, t)
+
+
+def asked_phrases(question: str, class_names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(class phrases, plural phrases) ``question`` says ('black lamp' and 'lamp' for "the black lamp"); None when
+    it says none (an ASKED slot then takes any, as it would without the question)."""
+    pattern, many = _phrase_pattern(tuple(class_names))
+    said = set(pattern.findall(question.lower()))
+    said |= {w.split(' ', 1)[1] for w in said if w.split(' ', 1)[0] in COLOR_NAMES}   # the class without its colour
+    if not said:
+        return None
+    return tuple(sorted(said - many)), tuple(sorted(said & many))
 
 
 def sections(completion: str) -> dict[str, str]:
@@ -101,12 +118,21 @@ class ShapeMatcher:
                     self.children[node][ch] = len(self.children) - 1
                 node = self.children[node][ch]
             self.terminal[node] = True
-        one, many = _phrases(class_names)
-        self.expansions = {_SLOT[CLASS]: one, _SLOT[CLASSES]: many}
+        self._one, self._many = _phrases(class_names)
         self.start = frozenset({(0, '')})
-        self._allowed: dict[frozenset, frozenset] = {}
+        self._allowed: dict[tuple, frozenset] = {}
+        self._expansions: dict[tuple | None, dict[str, Sequence[str]]] = {}
 
-    def _step(self, node: int, pending: str, sym: str) -> Iterable[tuple[int, str]]:
+    def expansions(self, asked: tuple | None = None) -> dict[str, Sequence[str]]:
+        """What each class slot may be written as: any class phrase (plural) before a reference; one the question
+        says (``asked``, :func:`asked_phrases`) for an ASKED slot, any when it says none of that number."""
+        if asked not in self._expansions:
+            said_one, said_many = asked or ((), ())
+            self._expansions[asked] = {_SLOT[CLASS]: self._one, _SLOT[CLASSES]: self._many,
+                                       _SLOT[ASKED]: said_one or self._one, _SLOT[ASKED_MANY]: said_many or self._many}
+        return self._expansions[asked]
+
+    def _step(self, node: int, pending: str, sym: str, expansions: dict) -> Iterable[tuple[int, str]]:
         if pending == ARGS:
             yield (node, '') if sym == ']' else (node, ARGS)
             return
@@ -121,13 +147,14 @@ class ShapeMatcher:
                 yield child, ''
             elif key == _SLOT[ARGS]:
                 yield (child, '') if sym == ']' else (child, ARGS)
-            elif key in self.expansions and sym != _SLOT[REF]:
-                yield from ((child, e[1:]) for e in self.expansions[key] if e[0] == sym)
+            elif key in expansions and sym != _SLOT[REF]:
+                yield from ((child, e[1:]) for e in expansions[key] if e[0] == sym)
 
-    def advance(self, states: frozenset, text: str) -> frozenset:
+    def advance(self, states: frozenset, text: str, asked: tuple | None = None) -> frozenset:
         """The states after ``text`` (an ``<obj_k>`` in it is one REF symbol); empty: off every shape."""
+        expansions = self.expansions(asked)
         for sym in _symbols(text):
-            states = frozenset(s for node, pending in states for s in self._step(node, pending, sym))
+            states = frozenset(s for node, pending in states for s in self._step(node, pending, sym, expansions))
             if not states:
                 break
         return states
@@ -135,18 +162,19 @@ class ShapeMatcher:
     def is_complete(self, states: frozenset) -> bool:
         return any(self.terminal[node] and not pending for node, pending in states)
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, asked: tuple | None = None) -> bool:
         """``text`` is one whole shape."""
-        return self.is_complete(self.advance(self.start, text))
+        return self.is_complete(self.advance(self.start, text, asked))
 
-    def allowed(self, states: frozenset, pieces: dict[int, str]) -> frozenset:
+    def allowed(self, states: frozenset, pieces: dict[int, str], asked: tuple | None = None) -> frozenset:
         """Ids of ``pieces`` (token id -> text) that keep ``states`` on some shape; cached per state set (the
         shapes are the model's, so the cache serves every request)."""
-        if states not in self._allowed:
+        key = (states, asked)
+        if key not in self._allowed:
             if len(self._allowed) > 50_000:
                 self._allowed.clear()
-            self._allowed[states] = frozenset(i for i, s in pieces.items() if s and self.advance(states, s))
-        return self._allowed[states]
+            self._allowed[key] = frozenset(i for i, s in pieces.items() if s and self.advance(states, s, asked))
+        return self._allowed[key]
 
 
 def _symbols(text: str) -> list[str]:
@@ -160,11 +188,19 @@ class AnswerShapes:
     """A model's shapes per section (``R3DProcessor.answer_shapes``), with the matcher of each."""
 
     def __init__(self, shapes: dict[str, Sequence[str]], class_names: Sequence[str]):
+        self.class_names = tuple(class_names)
         self.matchers = {s: ShapeMatcher(shapes.get(s) or (), class_names) for s in SECTIONS if shapes.get(s)}
 
     def __bool__(self) -> bool:
         return bool(self.matchers)
 
-    def fits(self, completion: str) -> bool:
-        """Each section of ``completion`` that has shapes is one of them, whole."""
-        return all(m.matches(body) for name, body in sections(completion).items() if (m := self.matchers.get(name)))
+    def fits(self, completion: str, question: str | None = None) -> bool:
+        """Each section of ``completion`` that has shapes is one of them, whole (with the class phrases
+        ``question`` says where a shape asks for them)."""
+        asked = self.asked(question)
+        return all(m.matches(body, asked) for name, body in sections(completion).items()
+                   if (m := self.matchers.get(name)))
+
+    def asked(self, question: str | None) -> tuple | None:
+        """:func:`asked_phrases` of ``question`` in this model's classes (None: no question)."""
+        return None if question is None else asked_phrases(question, self.class_names)

@@ -128,6 +128,7 @@ class GroundedGrammar(LogitsProcessor):
         self.shapes = shapes or None
         self._pieces = {**self.texts, **{t: f'<{r}>' for t, r in self.refs.items()}}
         self._walked: list[tuple | None] = [None for _ in records]
+        self._asked = [self.shapes.asked(q) if self.shapes else None for q in (questions or [None] * len(records))]
 
     def _free_vocabulary(self, questions: Sequence[str | None]) -> list[list[int]]:
         """Per row, the text tokens free text may take: no markup, no digit (every number is a fact's value), and
@@ -248,15 +249,15 @@ class GroundedGrammar(LogitsProcessor):
         matcher = self.shapes.matchers.get(section) if section else None
         if matcher is None:
             return ids
-        last = self._walked[row]
+        last, asked = self._walked[row], self._asked[row]
         if last and last[0] == section and body.startswith(last[1]):
-            states = matcher.advance(last[2], body[len(last[1]):])
+            states = matcher.advance(last[2], body[len(last[1]):], asked)
         else:
-            states = matcher.advance(matcher.start, body)
+            states = matcher.advance(matcher.start, body, asked)
         self._walked[row] = (section, body, states)
         if not states:
             return ids   # off every shape (only if the mask was left open): the grammar alone
-        words, complete = matcher.allowed(states, self._pieces), matcher.is_complete(states)
+        words, complete = matcher.allowed(states, self._pieces, asked), matcher.is_complete(states)
         kept = [i for i in ids if i in words or (complete and (i in self.markers or i == self.eos))]
         return kept or ids
 

@@ -7,7 +7,17 @@ import re
 import pytest
 from test_grounding import _room
 
-from r3d_ros.answer_shapes import ARGS, CLASS, CLASSES, REF, AnswerShapes, sections, shapes_of, skeleton
+from r3d_ros.answer_shapes import (
+    ARGS,
+    ASKED_MANY,
+    CLASS,
+    REF,
+    AnswerShapes,
+    asked_phrases,
+    sections,
+    shapes_of,
+    skeleton,
+)
 from r3d_ros.pipeline import default_model_path
 from r3d_ros.scenes.qa import generate_qa
 from r3d_ros.scenes.synthetic import generate_scene
@@ -46,9 +56,12 @@ def test_a_skeleton_opens_references_facts_and_the_class_phrases_that_name_objec
     assert skeleton(text, 'How tall is the black lamp?', CLASS_NAMES) == \
         f'The {CLASS} {REF} is about [height{ARGS} tall. Its box reaches from [bottom{ARGS}.'   # 'box': a word here
     assert skeleton('I scan the room for trash cans: [list trash_can].', 'How many trash cans are there?',
-                    CLASS_NAMES) == f'I scan the room for {CLASSES}: [list{ARGS}.'
+                    CLASS_NAMES) == f'I scan the room for {ASKED_MANY}: [list{ARGS}.'   # the question's phrase
     # a class word the question does not ask about, with no reference after it, stays a word
     assert skeleton('the chair is red', 'Is there a lamp?', CLASS_NAMES) == 'the chair is red'
+    assert asked_phrases('How tall is the black lamp?', CLASS_NAMES) == (('black lamp', 'lamp'), ())
+    assert asked_phrases('How many trash cans are there?', CLASS_NAMES) == ((), ('trash cans',))
+    assert asked_phrases('Sing a song.', CLASS_NAMES) is None
 
 
 def test_unseen_rooms_targets_are_on_shape_and_word_salad_is_not(targets):
@@ -82,6 +95,12 @@ def test_the_grammar_under_shapes_lets_only_a_shape_go_on(processor, targets):
     mid = after('<think>First, I look for the lamp in the scene and find one, the lamp')
     assert mid and all(s.isspace() for s in mid) and '</think>' not in mid, mid
     assert after('<think>First, I look for the lamp in the scene and find one, the lamp ') == ['<obj_2>']
+    # a class phrase the question asks about is the question's: the demo's "how many lamps" once reasoned that it
+    # would "scan the whole room for chairs"
+    counting = GroundedGrammar(processor.tokenizer, refs, [records], processor.class_names,
+                               questions=['How many lamps are in the room?'], shapes=shapes)
+    scan = [tok.decode([i]) for i in counting.allowed(0, '<think>First, I scan the whole room for')]
+    assert scan and all('lamps'.startswith(s.strip()) for s in scan), scan
     think = next(_refs_as_slots(c) for q, c in targets[0] if q.startswith('What color'))
     body = sections(think)['think']
     assert '</think>' in after('<think>' + body)          # a whole shape: the reasoning may end

@@ -233,7 +233,7 @@ def on_shape(processor, predictions: Path) -> dict[str, float]:
     hits: dict[str, list[bool]] = defaultdict(list)
     for line in predictions.read_text().splitlines():
         row = json.loads(line)
-        whole = processor.shapes.fits(row['written'])
+        whole = processor.shapes.fits(row['written'], row.get('question'))
         for task in (row['task'], 'all'):
             hits[task].append(whole)
     return {task: round(100 * float(np.mean(v)), 1) for task, v in hits.items()}
