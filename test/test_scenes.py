@@ -14,7 +14,7 @@ from r3d_ros.plan_validation import validate_plan
 from r3d_ros.scene_objects import records_from_scene
 from r3d_ros.scenes.dataset import load_records, load_scene, make_dataset, quality_filter
 from r3d_ros.scenes.qa import generate_qa
-from r3d_ros.scenes.sensor_sim import SimulatedSensor, look_at
+from r3d_ros.scenes.sensor_sim import SimulatedSensor, lap_map, look_at
 from r3d_ros.scenes.synthetic import generate_scene
 from r3d_ros.scenes.types import TASKS, QARecord, Scene, SceneObject
 from r3d_ros.scenes.verify import solve
@@ -145,6 +145,23 @@ def test_sensor_frame_and_noise():
     assert np.allclose(back, scene.points[idx0], atol=1e-4)
     err = np.linalg.norm(xyz1 - xyz0, axis=1)
     assert 0 < np.median(err) < 0.05
+
+
+def test_a_lap_map_is_a_partial_voxel_map_labelled_by_nearest_scene_point():
+    scene = generate_scene(4, num_objects=(6, 8))
+    xyz, rgb, instance = lap_map(scene, n_frames=12)
+    assert len(xyz) == len(rgb) == len(instance) > 1000
+    keys = np.floor(xyz / 0.05).astype(np.int64)
+    assert len(np.unique(keys, axis=0)) == len(keys)                     # one point per 5 cm voxel
+    lo, hi = scene.bounds()
+    # range noise grows with depth (sigma 0.11 m at 8 m), so a few far voxels lie outside the room
+    assert ((xyz >= lo - 0.1) & (xyz <= hi + 0.1)).all(1).mean() > 0.97
+    # the labels are the scene's: voxels of an object lie in (or within noise of) that object's box
+    for obj in scene.objects:
+        mine = xyz[instance == obj.id]
+        if len(mine):
+            assert (np.abs(mine - obj.center) <= obj.size / 2 + 0.25).all(), obj.ref
+    assert len(set(instance.tolist()) - {-1}) >= 3                      # several objects seen in a lap
 
 
 def test_every_generator_question_has_a_held_out_wording():

@@ -55,7 +55,7 @@ def test_paper_defaults_in_configs():
 
 
 def test_help_of_every_command():
-    for cmd in ('sft', 'grpo', 'evaluate', 'table', 'select', 'compare'):
+    for cmd in ('sft', 'grpo', 'evaluate', 'table', 'select', 'compare', 'classes'):
         assert '--' in run(cmd, '--help')
 
 
@@ -118,6 +118,15 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
                            '--max-points', '1024'))
     assert probe['positions'] > 0 and 0.0 <= probe['p_right'] <= probe['p_right_class'] <= 1.0
     assert 0.0 <= probe['slot_argmax_right'] <= probe['slot_argmax_same_class'] <= 1.0
+
+    # the shape class head fitted on the same scenes' proposals replaces the token head in a loadable checkpoint
+    report = json.loads(run('classes', '--data', str(scenes), '--model', str(final), '--output-dir',
+                            str(tmp_path / 'classes'), '--draws', '2', '--epochs', '5', '--max-points', '1024'))
+    assert report['fit']['train_slots'] > 0 and set(report['after']) == {'train', 'val', 'test'}
+    assert report['before']['val']['slots'] == report['after']['val']['slots'] > 0
+    shaped = R3DForConditionalGeneration.from_pretrained(str(tmp_path / 'classes'))
+    assert shaped.config.object_class_head == 'shape' and shaped.point_encoder.object_shape_classifier is not None
+    assert (tmp_path / 'classes' / 'classes.json').exists() and R3DProcessor.from_pretrained(str(tmp_path / 'classes'))
 
     # checkpoint choice on val: the SFT model is a candidate, the chosen one is linked
     run('select', '--data', str(toy_dir), '--split', 'val', '--limit', '4', '--max-new-tokens', '16',

@@ -9,6 +9,7 @@
     r3d-train compare  --data DIR results/sft.json results/grpo.json     # paired: flips + significance
     r3d-train binding  --data DIR --model runs/sft/final --split val      # which object slot each <obj_k> picks
     r3d-train ceiling  --data DIR --model runs/sft/final --split test     # what perfect references would reach
+    r3d-train classes  --data DIR --model runs/sft/final --output-dir runs/sft/classes   # fit the shape class head
 
 Configs are YAML (``training/configs/*.yaml`` by name, or a path); ``--set a.b=value`` overrides any key.
 Under ``accelerate launch --config_file training/accelerate/<setup>.yaml -m training.cli ...`` the same
@@ -124,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--check', nargs='+', metavar='PREDICTIONS',
                    help="instead: per task, the share of evaluate predictions (.predictions.jsonl) whose reasoning "
                         "and answer text, as written, are whole shapes of the model's")
+
+    p = sub.add_parser('classes', help="fit an object-identifier checkpoint's shape class head on the train scenes' "
+                       'proposals and make it the class source (training/classes.py)')
+    p.add_argument('--data', required=True, help='dataset directory')
+    p.add_argument('--model', required=True, help='R3D checkpoint with object slots and classes')
+    p.add_argument('--output-dir', required=True, help='where the checkpoint with the shape head goes')
+    p.add_argument('--draws', type=int, default=4, help='subsamples of each train scene (augmentation)')
+    p.add_argument('--laps', type=int, default=1, help='simulated sensor-lap maps of each train scene (the maps the '
+                   'robot answers from; 0: whole clouds only)')
+    p.add_argument('--epochs', type=int, default=300)
+    p.add_argument('--max-points', type=int, default=16384, help="points kept per scene (the training config's "
+                   'data.max_points)')
 
     p = sub.add_parser('table', help='markdown table from evaluate results JSON files')
     p.add_argument('results', nargs='+')
@@ -287,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
+    elif args.command == 'classes':
+        from training.classes import run_classes
+
+        print(json.dumps(run_classes(args.data, args.model, args.output_dir, args.draws, args.laps, args.epochs,
+                                     args.max_points), indent=2))
     elif args.command == 'table':
         from training.evaluate import markdown_table
 

@@ -4,15 +4,17 @@
 #   data    r3d-make-data: 320 scenes (256 train / 32 val / 32 test)
 #   sft     tiny_sft_pointer (3 epochs, 1,344 steps; object tokens whose boxes are referred to as <obj_k>, picked
 #           by the slot pointer)
-#   grpo    tiny_grpo_pointer from the SFT model (30 steps x 16 prompts, a checkpoint every 10)
-#   select  the SFT model and every GRPO checkpoint, decoded as the reasoner decodes (greedy, 2 sampled retries of a
+#   classes the shape class head fitted on the train scenes' proposals (4 draws each) in place of the token head
+#           SFT trained (training/classes.py): the SFT model with it is $sft/classes
+#   grpo    tiny_grpo_pointer from $sft/classes (30 steps x 16 prompts, a checkpoint every 10)
+#   select  $sft/classes and every GRPO checkpoint, decoded as the reasoner decodes (greedy, 2 sampled retries of a
 #           refused answer) on the first $VAL_LIMIT (default 224) val records; the highest Format + Acc@0.25 + SemSim
 #           + KeyFact wins (the SFT model first: GRPO has to beat it to be chosen)
-#   test    answer prior, SFT only, SFT + GRPO (the selected checkpoint; and without the grounded grammar or
+#   test    answer prior, SFT only (its token class head), SFT + GRPO (the selected checkpoint; and without the grounded grammar or
 #           without its answer shapes, the ablations) on the test split, SFT + GRPO on the
 #           paraphrased test questions, and the proposals' ceiling; the table
 #   ship    the selected model -> r3d_ros/assets/r3d_tiny, result JSONs -> training/results/
-# Usage: bash training/make_embedded_model.sh [data|sft|grpo|select|test|ship]...   (default: all, in order)
+# Usage: bash training/make_embedded_model.sh [data|sft|classes|grpo|select|test|ship]...   (default: all, in order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -21,15 +23,16 @@ data=data/embedded sft=runs/sft_pointer grpo=runs/grpo_pointer
 points=(--max-points 16384)   # the scene clouds the SFT and GRPO configs train on (data.max_points)
 decode=(--max-new-tokens 512 --regenerations 2 "${points[@]}")   # as the reasoner runs (config/reasoner.yaml)
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(data sft grpo select test ship)
+[ ${#stages[@]} -gt 0 ] || stages=(data sft classes grpo select test ship)
 t() { local s=$SECONDS; "$@"; echo "[$(date +%T)] $* : $((SECONDS - s)) s" >&2; }
 for stage in "${stages[@]}"; do
   case $stage in
     data)   t $bin/r3d-make-data --scenes 320 --out $data --no-progress ;;
     sft)    t $bin/r3d-train sft  --config tiny_sft_pointer --data $data --output-dir $sft ;;
-    grpo)   t $bin/r3d-train grpo --config tiny_grpo_pointer --data $data --model $sft/final --output-dir $grpo ;;
+    classes) t $bin/r3d-train classes --data $data --model $sft/final --output-dir $sft/classes "${points[@]}" ;;
+    grpo)   t $bin/r3d-train grpo --config tiny_grpo_pointer --data $data --model $sft/classes --output-dir $grpo ;;
     select) t $bin/r3d-train select --data $data --split val --limit ${VAL_LIMIT:-224} "${decode[@]}" --out-dir results/val \
-                --link $grpo/selected $sft/final $(ls -d $grpo/checkpoint-* | sort -t- -k2 -n) ;;
+                --link $grpo/selected $sft/classes $(ls -d $grpo/checkpoint-* | sort -t- -k2 -n) ;;
     test)
       mkdir -p results
       t $bin/r3d-train evaluate --data $data --prior --name "answer prior" --out results/prior.json
@@ -51,6 +54,7 @@ for stage in "${stages[@]}"; do
       cp $grpo/selected/{config.json,generation_config.json,model.safetensors,r3d_processor.json} \
          $grpo/selected/{tokenizer.json,tokenizer_config.json,chat_template.jinja} r3d_ros/assets/r3d_tiny/
       realpath --relative-to=. $grpo/selected > r3d_ros/assets/r3d_tiny/SOURCE   # which checkpoint this is
+      cp $sft/classes/classes.json training/results/
       cp results/prior.json results/sft.json results/grpo.json results/grpo_no_grammar.json results/grpo_no_shapes.json \
          results/grpo_paraphrase.json \
          results/ceiling.json \

@@ -22,7 +22,7 @@ class R3DConfig(PretrainedConfig):
                  scene_token_id: int = 0, view_token_id: int = 0, depth_token_id: int = 0,
                  num_object_tokens: int = 0, object_points: int = 32, object_class_names=None,
                  object_class_token_ids=None, object_class_loss_weight: float = 1.0, object_ref_token_ids=None,
-                 object_pointer_size: int = 0, **kwargs):
+                 object_pointer_size: int = 0, object_class_head: str = 'tokens', **kwargs):
         if isinstance(text_config, dict):
             text_config = AutoConfig.for_model(**text_config)
         if isinstance(vision_config, dict):
@@ -39,6 +39,9 @@ class R3DConfig(PretrainedConfig):
         self.object_class_names = list(object_class_names or [])
         self.object_class_token_ids = list(object_class_token_ids or [])
         self.object_class_loss_weight = object_class_loss_weight
+        # what the class head reads: 'tokens' (the object tokens, trained in SFT) or 'shape' (a descriptor of the
+        # proposal's rows, ``r3d-train classes``; see ``r3d_ros.model.point_encoder``)
+        self.object_class_head = object_class_head
         # identifier token of each object slot (<obj_k>): added to slot k's token, written to refer to it
         self.object_ref_token_ids = list(object_ref_token_ids or [])
         # width of the slot pointer's query/key (0 = none): decoder states score the object slots directly and

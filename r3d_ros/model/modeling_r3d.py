@@ -150,7 +150,8 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
         self.point_encoder = PointEncoder(config.point_feature_dim, config.point_hidden_size,
                                           config.num_scene_tokens, config.point_knn, config.point_layers,
                                           config.point_heads, config.num_object_tokens, config.object_points,
-                                          config.num_points, len(config.object_class_token_ids))
+                                          config.num_points, len(config.object_class_token_ids),
+                                          config.object_class_head)
         # paper: each encoder's output is linearly projected to the LLM hidden size
         self.scene_projector = nn.Linear(config.point_hidden_size, hidden)
         if config.num_object_tokens:  # the proposals' boxes straight to the LM (see point_encoder's docstring)
@@ -235,7 +236,7 @@ class R3DForConditionalGeneration(R3DPreTrainedModel, GenerationMixin):
     def object_class_probs(self, point_clouds: torch.Tensor) -> torch.Tensor | None:
         """(B, K, C) class-head probabilities of the object slots of a processor batch's clouds (None without a
         class head): what the map's object records take their class from."""
-        if not self.config.num_object_tokens or self.point_encoder.object_classifier is None:
+        if not self.config.num_object_tokens or not self.point_encoder.has_class_head:
             return None
         return self.point_encoder.encode(point_clouds)[1].float().softmax(-1)
 

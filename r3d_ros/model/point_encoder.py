@@ -17,6 +17,13 @@ With ``num_object_classes`` an object-class head sits on the object tokens (``en
 the model trains it on proposals matched to labelled objects and writes the predicted class's word into the
 token (``R3DForConditionalGeneration.embed``), so "the desk" in a question can find the desk's token.
 
+The class head comes in two kinds (``object_class_head``). ``'tokens'``: a linear layer on the object tokens after the
+attention blocks, trained with the LM in SFT; on unseen scenes it overfits (99.3 % of training-scene proposals
+classed right, 89.8 % of test ones). ``'shape'`` (:class:`ObjectShapeClassifier`): a small MLP on a descriptor of
+the proposal's own rows (extents, height above the floor, vertical profile, colour), fitted by
+``r3d-train classes``; the synthetic classes differ mostly in size and height, which such a descriptor states
+outright (97-98 % on the same test proposals).
+
 Object rows have two extra columns: the proposal index (-1: scene row or empty slot), then the class index
 of the labelled object the proposal covers (-1: unknown, e.g. at run time).
 """
@@ -63,10 +70,50 @@ def fourier_features(x: torch.Tensor, num_frequencies: int = 8) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+#: length of :func:`object_shape_descriptors`
+SHAPE_DESCRIPTOR_DIM = 19
+
+
+def object_shape_descriptors(rows: torch.Tensor) -> torch.Tensor:
+    """(..., M, 3 + F) rows of one proposal each (xyz metres, rgb 0..1 first in F) -> (..., 19), each entry of
+    order 1: log extents (larger, smaller footprint side, height), bottom and top height, log footprint area,
+    log height / length, the share of points in each quarter of the height, median colour of the brighter half
+    and colour spread, shares of points at the footprint's rim and in its middle (a table top vs a cabinet)."""
+    xyz, rgb = rows[..., :3].float(), rows[..., 3:6].float()
+    lo, hi = xyz.min(dim=-2).values, xyz.max(dim=-2).values
+    size = hi - lo
+    ext = size[..., :2].sort(dim=-1, descending=True).values
+    height = size[..., 2:]
+    geometry = [(ext + 0.01).log(), (height + 0.01).log(), lo[..., 2:], hi[..., 2:],
+                (ext.prod(-1, keepdim=True) + 1e-4).log(), (height / ext[..., :1].clamp(min=1e-3) + 0.01).log()]
+    rel = (xyz[..., 2] - lo[..., None, 2]) / height.clamp(min=1e-3)
+    quarters = nn.functional.one_hot((rel * 4).floor().long().clamp(0, 3), 4).float().mean(dim=-2)
+    brightness = rgb.sum(-1)
+    half = brightness.topk(max(rows.shape[-2] // 2, 1), dim=-1).indices
+    lit = rgb.gather(-2, half[..., None].expand(*half.shape, 3))
+    centre = (lo[..., None, :2] + hi[..., None, :2]) / 2
+    radial = ((xyz[..., :2] - centre) / (size[..., None, :2] / 2).clamp(min=1e-3)).abs().amax(-1)
+    rim = torch.stack([(radial > 0.8).float().mean(-1), (radial < 0.5).float().mean(-1)], dim=-1)
+    return torch.cat(geometry + [quarters, lit.median(dim=-2).values, rgb.std(dim=-2), rim], dim=-1)
+
+
+class ObjectShapeClassifier(nn.Module):
+    """Object class from :func:`object_shape_descriptors` of the proposal's rows (``object_class_head: shape``)."""
+
+    def __init__(self, num_classes: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(SHAPE_DESCRIPTOR_DIM, hidden), nn.GELU(), nn.Linear(hidden, hidden),
+                                 nn.GELU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """(..., M, 3 + F) rows per proposal -> (..., C) logits."""
+        return self.net(object_shape_descriptors(rows).to(self.net[0].weight.dtype))
+
+
 class PointEncoder(nn.Module):
     def __init__(self, feature_dim: int, hidden: int, num_tokens: int, knn: int, layers: int, heads: int,
                  num_object_tokens: int = 0, object_points: int = 32, num_points: int = 0,
-                 num_object_classes: int = 0):
+                 num_object_classes: int = 0, object_class_head: str = 'tokens'):
         super().__init__()
         self.num_tokens, self.knn = num_tokens, knn
         self.local = nn.Sequential(nn.Linear(3 + feature_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
@@ -81,7 +128,21 @@ class PointEncoder(nn.Module):
             self.object_box = nn.Sequential(nn.Linear(6 * 16, hidden), nn.GELU(), nn.Linear(hidden, hidden))
             self.object_digits = nn.Embedding(6 * len(BOX_DIGIT_PLACES) * 10, hidden)
             self.object_type = nn.Parameter(torch.zeros(hidden))
-        self.object_classifier = nn.Linear(hidden, num_object_classes) if num_object_classes else None
+        if object_class_head not in ('tokens', 'shape'):
+            raise ValueError(f"object_class_head must be 'tokens' or 'shape', got {object_class_head!r}")
+        shape = bool(num_object_classes) and object_class_head == 'shape'
+        self.object_classifier = nn.Linear(hidden, num_object_classes) if num_object_classes and not shape else None
+        self.object_shape_classifier = ObjectShapeClassifier(num_object_classes) if shape else None
+
+    @property
+    def has_class_head(self) -> bool:
+        return self.object_classifier is not None or self.object_shape_classifier is not None
+
+    def shape_class_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, K*M, 3+F+2) proposal rows -> (B, K, C) logits of the shape head (empty slots: garbage, masked
+        wherever slots are read)."""
+        grouped, _ = self._object_boxes(rows)
+        return self.object_shape_classifier(grouped[..., :-2])
 
     def _scene_tokens(self, points: torch.Tensor) -> torch.Tensor:
         xyz, feats = points[..., :3], points[..., 3:]
@@ -131,7 +192,11 @@ class PointEncoder(nn.Module):
         tokens = torch.cat([scene, objects], dim=1)
         keep = torch.cat([torch.ones_like(valid[:, :1]).expand(-1, scene.shape[1]), valid], dim=1)
         out = self.norm(self.blocks(tokens, src_key_padding_mask=~keep)) * keep[..., None]
-        logits = self.object_classifier(out[:, scene.shape[1]:]) if self.object_classifier is not None else None
+        logits = None
+        if self.object_shape_classifier is not None:
+            logits = self.shape_class_logits(points[:, self.num_points:])
+        elif self.object_classifier is not None:
+            logits = self.object_classifier(out[:, scene.shape[1]:])
         return out, logits
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:

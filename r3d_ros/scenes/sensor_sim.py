@@ -178,3 +178,24 @@ class SimulatedSensor:
         """One frame from ``pose`` (4x4 T_map_sensor): xyz in the sensor frame (M, 3) float32, rgb (M, 3) uint8."""
         xyz, rgb, _ = self.capture_indexed(pose)
         return xyz, rgb
+
+
+def lap_map(scene: Scene, n_frames: int = 40, voxel_size: float = 0.05, max_range: float = 10.0, seed: int = 0,
+            **orbit_kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The map one lap of the orbit builds, offline: ``n_frames`` depth-camera frames fused into a
+    :class:`~r3d_ros.mapping.voxel_map.VoxelMap` as ``sim_sensor`` -> ``scene_map`` fuse them, so models can be
+    trained and checked on the partial, noisy maps a robot answers from rather than on whole scene clouds.
+    Returns (xyz (V, 3) float32, rgb (V, 3) uint8, instance (V,)): each voxel takes the instance of the scene
+    point nearest to it."""
+    from scipy.spatial import cKDTree
+
+    from r3d_ros.mapping.voxel_map import VoxelMap
+
+    sensor = SimulatedSensor(scene, seed=seed)
+    voxels = VoxelMap(voxel_size=voxel_size, max_range=max_range)
+    for pose in trajectory(scene, n_frames, **orbit_kwargs):
+        voxels.integrate(*sensor.capture(pose), pose=pose)
+    xyz, rgb, _ = voxels.snapshot()
+    if not len(xyz):
+        return xyz, rgb, np.zeros(0, np.int32)
+    return xyz, rgb, scene.instance[cKDTree(scene.points).query(xyz)[1]]
