@@ -9,9 +9,14 @@ module learns them from its training targets and lets decoding write only text t
 
 where CLASS is any class phrase of the model ('lamp', 'black lamp') and CLASSES its plural, before a reference
 (which the grammar then keeps to that class); ASKED / ASKED_MANY a class phrase the question says ('the black
-lamp is ... tall' for "How tall is the black lamp?", 'I scan the room for lamps'), only one it says; REF one
-``<obj_k>`` (which one: the grammar's rules) and ARGS a fact's arguments up to its ``]`` (the grammar checks them). What
-stays the model's: which shape (which question it answers), which objects and facts. A model without shapes
+lamp is ... tall' for "How tall is the black lamp?", 'I scan the room for lamps', and before a reference where
+the target's phrase was the question's: 'I find the table <table_8>' for "Which is larger, the book or the
+table?"), only one it says; REF1, REF2, ... the section's first, second, ... object, each one ``<obj_k>`` (which
+one: the grammar's rules), the same one wherever the target named the same object and different ones where it
+named different objects, in fact arguments too ('[volume REF1] for the book and [volume REF2] for the table':
+not one object's volume twice); ARGS the arguments of a fact that are not all references, up to its ``]``
+(the grammar checks them). What stays the model's: which shape (which question it answers), which objects and
+facts. A model without shapes
 (a real backbone trained on free text) decodes as before. Hand-written: the shapes are a trie over characters
 with a few open slots, matched as a small NFA; no maintained library takes per-request token masks of this kind.
 """
@@ -27,9 +32,12 @@ from r3d_ros.scene_objects import COLOR_NAMES
 
 CLASS, CLASSES, REF, ARGS = '\x01', '\x02', '\x04', '\x05'   # open slots in a stored skeleton
 ASKED, ASKED_MANY = '\x03', '\x06'
+#: REF_SLOTS[i]: the section's (i+1)-th object; REF (any object, unbound) in shapes stored before there were these
+REF_SLOTS = tuple(chr(0x11 + i) for i in range(15))
 #: the trie's keys of the slots: longer than one character, so no text character (a byte token's '\x04') is one
 _SLOT = {CLASS: '<class>', CLASSES: '<classes>', REF: '<ref>', ARGS: '<args>', ASKED: '<asked>',
-         ASKED_MANY: '<asked-many>'}
+         ASKED_MANY: '<asked-many>', **{c: f'<ref{i + 1}>' for i, c in enumerate(REF_SLOTS)}}
+_BOUND = {f'<ref{i + 1}>': i for i in range(len(REF_SLOTS))}
 SECTIONS = ('think', 'answer')
 _REF = re.compile(r'<[a-z_]+_\d+>')
 _DETERMINERS = ('the', 'a', 'for')
@@ -53,22 +61,40 @@ def _phrase_pattern(class_names: tuple[str, ...]) -> tuple[re.Pattern, frozenset
     return re.compile(r'(?<![\w])(' + '|'.join(map(re.escape, longest)) + r')(?![\w])'), frozenset(many)
 
 
+def _numbered_refs(text: str) -> str:
+    """Each reference as the slot of its object's order of first appearance (REF1, REF2, ...; REF past 15)."""
+    order: dict[str, int] = {}
+
+    def slot(m: re.Match) -> str:
+        i = order.setdefault(m[0], len(order))
+        return REF_SLOTS[i] if i < len(REF_SLOTS) else REF
+    return _REF.sub(slot, text)
+
+
+def _opened_fact(m: re.Match) -> str:
+    """A fact whose arguments are all references keeps them (numbered slots); any other has its arguments opened."""
+    if all(a in REF_SLOTS for a in m[2].split()):
+        return m[0]
+    return f'[{m[1]}{ARGS}'
+
+
 def skeleton(text: str, question: str, class_names: Sequence[str]) -> str:
-    """``text`` (a think or answer body of a training target) with its references, fact arguments and the class
-    phrases that name objects (before a reference, or after a determiner when the question names them) opened.
-    Other class words stay words ('Its box reaches from')."""
-    t = _REF.sub(REF, text)
-    t = re.sub(r'\[(\w+)[^\]]+\]', lambda m: f'[{m[1]}{ARGS}', t)
+    """``text`` (a think or answer body of a training target) with its references (numbered by object), fact
+    arguments and the class phrases that name objects (before a reference, or after a determiner when the
+    question names them) opened. Other class words stay words ('Its box reaches from')."""
+    t = re.sub(r'\[(\w+)\s+([^\]]+)\]', _opened_fact, _numbered_refs(text))
     pattern, many = _phrase_pattern(tuple(class_names))
     q = question.lower()
+    refs = ''.join((REF, *REF_SLOTS))
 
     def opened(m: re.Match) -> str:
         before = t[:m.start()].split()[-1:] or ['']
-        named = t[m.end():].startswith(' ' + REF)
-        asked = before[0].lower() in _DETERMINERS and re.search(rf'\b{re.escape(m[1])}\b', q)
-        if named:
+        rest = t[m.end():]
+        named = len(rest) > 1 and rest[0] == ' ' and rest[1] in refs
+        said = re.search(rf'\b{re.escape(m[1])}\b', q)
+        if named and not said:
             return CLASSES if m[1] in many else CLASS
-        if asked:
+        if said and (named or before[0].lower() in _DETERMINERS):
             return ASKED_MANY if m[1] in many else ASKED
         return m[0]
     return pattern.sub(opened, t)
@@ -103,8 +129,9 @@ def shapes_of(targets: Iterable[tuple[str, str]], class_names: Sequence[str]) ->
 
 
 class ShapeMatcher:
-    """The skeletons of one section as a character trie; a state is a set of (node, pending) where pending is the
-    rest of a class phrase being written, ARGS inside a fact, or '' at a node."""
+    """The skeletons of one section as a character trie; a state is a set of (node, pending, bound) where pending
+    is the rest of a class phrase being written, ARGS inside a fact, or '' at a node, and bound the objects
+    ('obj_3', ...) REF1, REF2, ... stand for so far."""
 
     def __init__(self, skeletons: Sequence[str], class_names: Sequence[str]):
         self.children: list[dict[str, int]] = [{}]
@@ -119,7 +146,7 @@ class ShapeMatcher:
                 node = self.children[node][ch]
             self.terminal[node] = True
         self._one, self._many = _phrases(class_names)
-        self.start = frozenset({(0, '')})
+        self.start = frozenset({(0, '', ())})
         self._allowed: dict[tuple, frozenset] = {}
         self._expansions: dict[tuple | None, dict[str, Sequence[str]]] = {}
 
@@ -132,55 +159,72 @@ class ShapeMatcher:
                                        _SLOT[ASKED]: said_one or self._one, _SLOT[ASKED_MANY]: said_many or self._many}
         return self._expansions[asked]
 
-    def _step(self, node: int, pending: str, sym: str, expansions: dict) -> Iterable[tuple[int, str]]:
+    def _step(self, node: int, pending: str, bound: tuple, sym: str, expansions: dict) -> Iterable[tuple]:
         if pending == ARGS:
-            yield (node, '') if sym == ']' else (node, ARGS)
+            yield (node, '', bound) if sym == ']' else (node, ARGS, bound)
             return
         if pending:
             if sym == pending[0]:
-                yield node, pending[1:]
+                yield node, pending[1:], bound
             return
         if self.terminal[node] and sym.isspace():
-            yield node, ''   # a finished shape takes the space before the next section's marker
+            yield node, '', bound   # a finished shape takes the space before the next section's marker
+        ref = sym.startswith('<obj_')
         for key, child in self.children[node].items():
-            if key == sym:
-                yield child, ''
+            if ref and key in _BOUND:
+                i, obj = _BOUND[key], sym[1:-1]
+                if i < len(bound) and bound[i] == obj:
+                    yield child, '', bound
+                elif i == len(bound) and obj not in bound:
+                    yield child, '', bound + (obj,)
+            elif key == sym or (ref and key == _SLOT[REF]):
+                yield child, '', bound
             elif key == _SLOT[ARGS]:
-                yield (child, '') if sym == ']' else (child, ARGS)
-            elif key in expansions and sym != _SLOT[REF]:
-                yield from ((child, e[1:]) for e in expansions[key] if e[0] == sym)
+                yield (child, '', bound) if sym == ']' else (child, ARGS, bound)
+            elif key in expansions and not ref:
+                yield from ((child, e[1:], bound) for e in expansions[key] if e[0] == sym)
 
     def advance(self, states: frozenset, text: str, asked: tuple | None = None) -> frozenset:
         """The states after ``text`` (an ``<obj_k>`` in it is one REF symbol); empty: off every shape."""
         expansions = self.expansions(asked)
         for sym in _symbols(text):
-            states = frozenset(s for node, pending in states for s in self._step(node, pending, sym, expansions))
+            states = frozenset(s for node, pending, bound in states
+                               for s in self._step(node, pending, bound, sym, expansions))
             if not states:
                 break
         return states
 
     def is_complete(self, states: frozenset) -> bool:
-        return any(self.terminal[node] and not pending for node, pending in states)
+        return any(self.terminal[node] and not pending for node, pending, _ in states)
 
     def matches(self, text: str, asked: tuple | None = None) -> bool:
         """``text`` is one whole shape."""
         return self.is_complete(self.advance(self.start, text, asked))
 
     def allowed(self, states: frozenset, pieces: dict[int, str], asked: tuple | None = None) -> frozenset:
-        """Ids of ``pieces`` (token id -> text) that keep ``states`` on some shape; cached per state set (the
-        shapes are the model's, so the cache serves every request)."""
-        key = (states, asked)
+        """Ids of ``pieces`` (token id -> text) that keep ``states`` on some shape. Text pieces never read the
+        bound objects, so their ids are cached per state set without them (the shapes are the model's, so the
+        cache serves every request); reference pieces are checked against the bindings each time."""
+        core = frozenset((node, pending, ()) for node, pending, _ in states)
+        key = (core, asked)
         if key not in self._allowed:
             if len(self._allowed) > 50_000:
                 self._allowed.clear()
-            self._allowed[key] = frozenset(i for i, s in pieces.items() if s and self.advance(states, s, asked))
-        return self._allowed[key]
+            self._allowed[key] = frozenset(i for i, s in pieces.items()
+                                           if s and not _is_ref(s) and self.advance(core, s, asked))
+        refs = {i for i, s in pieces.items() if _is_ref(s) and self.advance(states, s, asked)}
+        return self._allowed[key] | refs if refs else self._allowed[key]
+
+
+def _is_ref(piece: str) -> bool:
+    return piece.startswith('<obj_') and piece.endswith('>')
 
 
 def _symbols(text: str) -> list[str]:
+    """Characters, and each ``<obj_k>`` as one symbol."""
     out: list[str] = []
     for i, part in enumerate(re.split(r'(<obj_\d+>)', text)):
-        out.extend([_SLOT[REF]] if i % 2 else list(part))
+        out.extend([part] if i % 2 else list(part))
     return out
 
 

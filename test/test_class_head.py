@@ -82,3 +82,21 @@ def test_unknown_class_head_kind_is_refused():
     with pytest.raises(ValueError, match='object_class_head'):
         PointEncoder(3, 32, 4, 8, 1, 2, num_object_tokens=4, num_object_classes=3, object_class_head='views')
     assert ObjectShapeClassifier(5)(torch.rand(2, 3, 16, 6)).shape == (2, 3, 5)
+
+
+def test_lap_clouds_are_sensor_maps_in_the_scene_clouds_layout(tmp_path):
+    """What ``r3d-train classes --laps`` and ``evaluate --maps laps`` read: a simulated lap's voxel map of a
+    dataset scene, split into proposals labelled with the classes of the objects they cover."""
+    from r3d_ros.scenes.dataset import make_dataset, read_scene
+    from training.data import LapClouds, SceneClouds, object_class_names
+
+    make_dataset(tmp_path, 2, seed=3)
+    sid = sorted(p.stem for p in (tmp_path / 'scenes').glob('*.npz'))[0]
+    lap, whole = LapClouds(tmp_path)[sid], SceneClouds(tmp_path, max_points=None)[sid]
+    assert lap.shape[1] == whole.shape[1] == 8 and len(lap) > 1000
+    labels, classes = lap[:, 6].astype(int), lap[:, 7].astype(int)
+    assert labels.max() >= 2 and set(classes[labels < 0]) <= {-1}      # structure has no class
+    names = object_class_names()
+    seen = {names[c] for c in set(classes) - {-1}}
+    assert seen and seen <= {o.label for o in read_scene(tmp_path / 'scenes' / f'{sid}.npz').objects}
+    assert LapClouds(tmp_path, lap=1)[sid].shape != lap.shape            # another orbit, another map

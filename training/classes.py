@@ -9,8 +9,8 @@ the frozen checkpoint, so the LM SFT trained is kept as it is.
 
 Data: the train split's scenes as the processor lays them out (the rows a slot holds at run time), ``draws``
 subsamples of each scene's points (every draw picks other rows per slot: augmentation at no labelling cost), and
-``laps`` maps of each scene built as the robot builds them (``r3d_ros.scenes.sensor_sim.lap_map``: a simulated
-depth camera's lap fused into the voxel map). The live maps matter: their proposals are partial and noisy, and on
+``laps`` maps of each scene built as the robot builds them (``training.data.LapClouds``: a simulated depth
+camera's lap fused into the voxel map). The live maps matter: their proposals are partial and noisy, and on
 the test scenes' lap maps the token head names 58.7 % of them right, the shape head fitted on whole clouds only
 78.6 %. Targets are the classes of the labelled objects the proposals cover (``training.data.proposal_classes``).
 The epoch with the best val-slot accuracy (whole clouds and lap maps together) is kept.
@@ -41,30 +41,6 @@ def prepared_clouds(processor, clouds, scene_ids: Sequence[str], draws: int = 1,
                 idx = np.random.default_rng(seed + d).choice(len(cloud), max_points, replace=False)
                 part = cloud[np.sort(idx)]
             out.append(processor.prepare_cloud(part))
-    return out
-
-
-#: orbit radii (share of the room's smaller side) of successive laps of a scene
-LAP_RADII = (0.3, 0.2, 0.4)
-
-
-def lap_clouds(data_dir: str | Path, scene_ids: Sequence[str], laps: int = 1, seed: int = 0) -> list[np.ndarray]:
-    """(V, 8) lap maps of each scene (xyz, rgb 0..1, proposal label, class of the object it covers; the layout
-    ``SceneClouds`` gives whole clouds), ``laps`` per scene on orbits of other radii and sensor noise."""
-    from r3d_ros.mapping.segmentation import segment_objects
-    from r3d_ros.scenes.dataset import read_scene
-    from r3d_ros.scenes.sensor_sim import lap_map
-    from training.data import proposal_classes
-
-    out = []
-    for sid in scene_ids:
-        scene = read_scene(Path(data_dir) / 'scenes' / f'{sid}.npz')
-        for lap in range(laps):
-            xyz, rgb, instance = lap_map(scene, seed=seed + lap, radius_fraction=LAP_RADII[lap % len(LAP_RADII)])
-            cloud = np.concatenate([xyz, rgb / np.float32(255.0)], axis=1).astype(np.float32)
-            labels = segment_objects(cloud)
-            classes = proposal_classes(labels, instance, [o.to_dict() for o in scene.objects])
-            out.append(np.concatenate([cloud, labels[:, None].astype(np.float32), classes[:, None]], axis=1))
     return out
 
 
@@ -139,7 +115,7 @@ def run_classes(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
     """The whole stage: slots of the train / val / test scenes (whole clouds, and lap maps under ``SPLIT_laps``),
     the fit, the checkpoint with its shape head in ``output_dir``, and the class-head accuracy before and after
     (``output_dir/classes.json``)."""
-    from training.data import SceneClouds, load_records, split_path
+    from training.data import LapClouds, SceneClouds, load_records, split_path
     from training.modeling import load_model_and_processor, save_model
 
     model, processor = load_model_and_processor({'path': str(model_dir)})
@@ -152,8 +128,8 @@ def run_classes(data_dir: str | Path, model_dir: str | Path, output_dir: str | P
                 for s, ids in scenes.items()}
     if laps:
         for s, ids in scenes.items():
-            prepared[f'{s}_laps'] = [processor.prepare_cloud(c)
-                                     for c in lap_clouds(data_dir, ids, laps if s == 'train' else 1)]
+            prepared[f'{s}_laps'] = [processor.prepare_cloud(LapClouds(data_dir, lap)[sid])
+                                     for lap in range(laps if s == 'train' else 1) for sid in ids]
     before = {s: class_head_accuracy(model, processor, p) for s, p in prepared.items()} \
         if model.point_encoder.has_class_head else None
     fit_on = {s: [c for key, p in prepared.items() if key.split('_')[0] == s for c in p] for s in ('train', 'val')}

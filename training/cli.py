@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--limit', type=int, help='evaluate at most this many records')
     p.add_argument('--max-points', type=int, default=8192, help="points kept per scene (the training config's "
                    'data.max_points)')
+    p.add_argument('--maps', choices=('scenes', 'laps'), default='scenes',
+                   help="what each question is answered from: the scene's whole cloud, or the map a simulated "
+                        "sensor lap builds (training.data.LapClouds: partial and noisy, as the robot's map is)")
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--max-new-tokens', type=int, default=256)
     p.add_argument('--regenerations', type=int, default=0,
@@ -116,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('--limit', type=int, help='the first N records of the split')
         p.add_argument('--max-points', type=int, default=16384, help="points kept per scene (the training config's "
                        'data.max_points)')
+        p.add_argument('--maps', choices=('scenes', 'laps'), default='scenes',
+                       help="the scenes' whole clouds, or the maps a simulated sensor lap builds (as evaluate)")
         p.add_argument('--out', help='also write the result here (JSON)')
 
     p = sub.add_parser('shapes', help="write the answer shapes of the train split's targets into a checkpoint's "
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(run_grpo(cfg, args.output_dir, resume=args.resume))
         _end_distributed()
     elif args.command == 'evaluate':
-        from training.data import SceneClouds, load_records, split_path
+        from training.data import LapClouds, SceneClouds, load_records, split_path
         from training.evaluate import evaluate, markdown_table
 
         records = load_records(split_path(args.data, args.split), args.limit)
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         name = args.name or ('answer prior' if args.prior else str(args.model))
-        clouds = SceneClouds(args.data, args.max_points)
+        clouds = LapClouds(args.data) if args.maps == 'laps' else SceneClouds(args.data, args.max_points)
         if args.swap_scenes:
             ids = sorted({r.scene_id for r in records})
             other = dict(zip(ids, ids[1:] + ids[:1]))
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
 
         impl = 'r3d_ros.evaluation.metrics' if _metrics_module() is not None else 'training.evaluate (fallback)'
         out.write_text(json.dumps({'name': name, 'data': str(args.data), 'split': args.split,
-                                   'model': args.model, 'metrics': impl, 'swap_scenes': args.swap_scenes,
+                                   'model': args.model, 'metrics': impl, 'maps': args.maps,
+                                   'swap_scenes': args.swap_scenes,
                                    'regenerations': args.regenerations, 'grammar': args.grammar,
                                    'interpret': args.interpret, 'shapes': args.shapes,
                                    'results': res}, indent=2))
@@ -276,18 +282,19 @@ def main(argv: list[str] | None = None) -> int:
         print({section: len(v) for section, v in processor.answer_shapes.items()})
     elif args.command == 'ceiling':
         from r3d_ros.model import R3DProcessor
-        from training.data import SceneClouds, load_records, split_path
+        from training.data import LapClouds, SceneClouds, load_records, split_path
         from training.probe import proposal_ceiling
 
         processor = R3DProcessor.from_pretrained(args.model)
         records = load_records(split_path(args.data, args.split), args.limit)
-        res = {'model': args.model, 'split': args.split,
-               **proposal_ceiling(processor, records, SceneClouds(args.data, args.max_points))}
+        clouds = LapClouds(args.data) if args.maps == 'laps' else SceneClouds(args.data, args.max_points)
+        res = {'model': args.model, 'split': args.split, 'maps': args.maps,
+               **proposal_ceiling(processor, records, clouds)}
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
     elif args.command == 'binding':
-        from training.data import SceneClouds, load_records, split_path
+        from training.data import LapClouds, SceneClouds, load_records, split_path
         from training.modeling import load_model_and_processor
         from training.probe import binding_probe
 
@@ -295,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (getattr(processor, 'object_refs', False) and processor.num_object_tokens):
             raise SystemExit(f'{args.model}: not an object-identifier model (object_refs with object tokens)')
         records = load_records(split_path(args.data, args.split), args.limit)
-        res = {'model': args.model, 'split': args.split,
-               **binding_probe(model, processor, records, SceneClouds(args.data, args.max_points))}
+        clouds = LapClouds(args.data) if args.maps == 'laps' else SceneClouds(args.data, args.max_points)
+        res = {'model': args.model, 'split': args.split, 'maps': args.maps,
+               **binding_probe(model, processor, records, clouds)}
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))

@@ -105,6 +105,37 @@ class SceneClouds:
         return cloud
 
 
+#: orbit radii (share of the room's smaller side) of successive laps of a scene (``LapClouds``)
+LAP_RADII = (0.3, 0.2, 0.4)
+
+
+class LapClouds:
+    """Scene clouds as the robot maps them, in :class:`SceneClouds`' layout: a simulated depth camera's lap of the
+    room fused into the voxel map (``r3d_ros.scenes.sensor_sim.lap_map``, sim_sensor's orbit and scene_map's 5 cm
+    voxels), split into proposals, each labelled with the class of the object it covers. Partial and noisy where
+    whole scene clouds are neither. ``lap`` picks the orbit (``LAP_RADII``) and the sensor noise seed; the whole
+    map is kept, as the reasoner reads the whole map."""
+
+    def __init__(self, data_dir: str | Path, lap: int = 0):
+        self.scene_dir, self.lap = Path(data_dir) / 'scenes', int(lap)
+
+    @functools.lru_cache(maxsize=512)  # noqa: B019 - one store per run; the cache is the point
+    def __getitem__(self, scene_id: str) -> np.ndarray:
+        from r3d_ros.mapping.segmentation import segment_objects
+        from r3d_ros.scenes.dataset import read_scene
+        from r3d_ros.scenes.sensor_sim import lap_map
+
+        path = self.scene_dir / f'{scene_id}.npz'
+        if not path.exists():
+            raise KeyError(f'scene {scene_id!r} not in {self.scene_dir}')
+        scene = read_scene(path)
+        xyz, rgb, instance = lap_map(scene, seed=self.lap, radius_fraction=LAP_RADII[self.lap % len(LAP_RADII)])
+        cloud = np.concatenate([xyz, rgb / np.float32(255.0)], axis=1).astype(np.float32)
+        labels = segment_objects(cloud)
+        classes = proposal_classes(labels, instance, [o.to_dict() for o in scene.objects])
+        return np.concatenate([cloud, labels[:, None].astype(np.float32), classes[:, None]], axis=1)
+
+
 def _boxes_json(boxes: list[dict]) -> str:
     return json.dumps(boxes or [])
 
