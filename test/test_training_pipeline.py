@@ -122,7 +122,9 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     # the shape class head fitted on the same scenes' proposals replaces the token head in a loadable checkpoint
     report = json.loads(run('classes', '--data', str(scenes), '--model', str(final), '--output-dir',
                             str(tmp_path / 'classes'), '--draws', '2', '--epochs', '5', '--max-points', '1024'))
-    assert report['fit']['train_slots'] > 0 and set(report['after']) == {'train', 'val', 'test'}
+    # laps=1 by default: each split is scored on its whole clouds and on its scenes' simulated sensor-lap maps
+    assert report['fit']['train_slots'] > 0 and report['laps'] == 1
+    assert set(report['after']) == {'train', 'val', 'test', 'train_laps', 'val_laps', 'test_laps'}
     assert report['before']['val']['slots'] == report['after']['val']['slots'] > 0
     shaped = R3DForConditionalGeneration.from_pretrained(str(tmp_path / 'classes'))
     assert shaped.config.object_class_head == 'shape' and shaped.point_encoder.object_shape_classifier is not None
