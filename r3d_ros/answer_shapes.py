@@ -15,8 +15,13 @@ table?"), only one it says; REF1, REF2, ... the section's first, second, ... obj
 one: the grammar's rules), the same one wherever the target named the same object and different ones where it
 named different objects, in fact arguments too ('[volume REF1] for the book and [volume REF2] for the table':
 not one object's volume twice); ARGS the arguments of a fact that are not all references, up to its ``]``
-(the grammar checks them). What stays the model's: which shape (which question it answers), which objects and
-facts. A model without shapes
+(the grammar checks them). PHRASE1, PHRASE2, ... the question's first, second, ... object phrase as it says it
+('Standing at the PHRASE1 and facing the PHRASE2'), and PHRASE_CLASS1, ... that phrase's class word before a
+reference, whose object must then be one the phrase names ('the PHRASE_CLASS2 REF2' is 'the chair <obj_9>' for
+"... facing the white chair", obj_9 a white chair of the map): the targets introduce the question's objects in
+the order it names them, and a 4-layer model otherwise swaps them ('standing at the sofa and facing the sofa').
+What stays the model's: which shape (which question it answers), which objects the question leaves open
+('the closest one is the [nearest REF1]') and which facts. A model without shapes
 (a real backbone trained on free text) decodes as before. Hand-written: the shapes are a trie over characters
 with a few open slots, matched as a small NFA; no maintained library takes per-request token masks of this kind.
 """
@@ -34,10 +39,20 @@ CLASS, CLASSES, REF, ARGS = '\x01', '\x02', '\x04', '\x05'   # open slots in a s
 ASKED, ASKED_MANY = '\x03', '\x06'
 #: REF_SLOTS[i]: the section's (i+1)-th object; REF (any object, unbound) in shapes stored before there were these
 REF_SLOTS = tuple(chr(0x11 + i) for i in range(15))
+#: PHRASES[j]: the question's (j+1)-th object phrase as it says it; PHRASE_CLASSES[j]: its class word before a
+#: reference (private-use characters: no text the targets hold)
+PHRASES = tuple(chr(0xE000 + j) for j in range(8))
+PHRASE_CLASSES = tuple(chr(0xE010 + j) for j in range(8))
+#: BINDS[j] right after a reference's first appearance in a skeleton: its object is one the j-th phrase names (a
+#: mark on the reference, not text: 'the [side REF2 REF3 REF1]' of the answer keeps the objects the reasoning bound)
+BINDS = tuple(chr(0xE020 + j) for j in range(8))
 #: the trie's keys of the slots: longer than one character, so no text character (a byte token's '\x04') is one
 _SLOT = {CLASS: '<class>', CLASSES: '<classes>', REF: '<ref>', ARGS: '<args>', ASKED: '<asked>',
-         ASKED_MANY: '<asked-many>', **{c: f'<ref{i + 1}>' for i, c in enumerate(REF_SLOTS)}}
+         ASKED_MANY: '<asked-many>', **{c: f'<ref{i + 1}>' for i, c in enumerate(REF_SLOTS)},
+         **{c: f'<phrase{j + 1}>' for j, c in enumerate(PHRASES)},
+         **{c: f'<phrase-class{j + 1}>' for j, c in enumerate(PHRASE_CLASSES)}}
 _BOUND = {f'<ref{i + 1}>': i for i in range(len(REF_SLOTS))}
+_BIND_KEYS = {c: j for j, c in enumerate(BINDS)}
 SECTIONS = ('think', 'answer')
 _REF = re.compile(r'<[a-z_]+_\d+>')
 _DETERMINERS = ('the', 'a', 'for')
@@ -61,14 +76,32 @@ def _phrase_pattern(class_names: tuple[str, ...]) -> tuple[re.Pattern, frozenset
     return re.compile(r'(?<![\w])(' + '|'.join(map(re.escape, longest)) + r')(?![\w])'), frozenset(many)
 
 
-def _numbered_refs(text: str) -> str:
-    """Each reference as the slot of its object's order of first appearance (REF1, REF2, ...; REF past 15)."""
+def _numbered_refs(text: str) -> tuple[str, dict[str, str]]:
+    """Each reference as the slot of its object's order of first appearance (REF1, REF2, ...; REF past 15), and
+    {slot: the reference it stands for}."""
     order: dict[str, int] = {}
 
     def slot(m: re.Match) -> str:
         i = order.setdefault(m[0], len(order))
         return REF_SLOTS[i] if i < len(REF_SLOTS) else REF
-    return _REF.sub(slot, text)
+    return _REF.sub(slot, text), {REF_SLOTS[i]: ref for ref, i in order.items() if i < len(REF_SLOTS)}
+
+
+def phrase_binding(text: str, question: str, class_names: Sequence[str]) -> dict[str, int]:
+    """{reference: j} for each reference of ``text`` (a whole target, reasoning first) that a class word names
+    ('the chair <chair_4>'), bound in order of first mention to the question's first phrase of that class not
+    bound yet: the targets introduce the question's objects in the order it names them."""
+    pattern, many = _phrase_pattern(tuple(class_names))
+    said = [p for p in question_phrases(question, class_names)][:len(PHRASES)]
+    bound: dict[str, int] = {}
+    for m in re.finditer(pattern.pattern + r'\s+(<[a-z_]+_\d+>)', text):
+        if m[2] in bound:
+            continue
+        j = next((j for j, p in enumerate(said) if j not in bound.values() and p not in many
+                  and class_word(p) == class_word(m[1])), None)
+        if j is not None:
+            bound[m[2]] = j
+    return bound
 
 
 def _opened_fact(m: re.Match) -> str:
@@ -78,26 +111,62 @@ def _opened_fact(m: re.Match) -> str:
     return f'[{m[1]}{ARGS}'
 
 
-def skeleton(text: str, question: str, class_names: Sequence[str]) -> str:
+def class_word(phrase: str) -> str:
+    """The class of an object phrase without its colour: 'black lamp' -> 'lamp', 'trash can' -> 'trash can'."""
+    head, _, rest = phrase.partition(' ')
+    return rest if rest and head in COLOR_NAMES else phrase
+
+
+def question_phrases(question: str, class_names: Sequence[str]) -> tuple[str, ...]:
+    """The object phrases ``question`` names, in order ('black lamp', 'table', 'lamps'), longest match first."""
+    pattern, _ = _phrase_pattern(tuple(class_names))
+    return tuple(pattern.findall(question.lower()))
+
+
+def skeleton(text: str, question: str, class_names: Sequence[str], binding: dict[str, int] | None = None) -> str:
     """``text`` (a think or answer body of a training target) with its references (numbered by object), fact
     arguments and the class phrases that name objects (before a reference, or after a determiner when the
-    question names them) opened. Other class words stay words ('Its box reaches from')."""
-    t = re.sub(r'\[(\w+)\s+([^\]]+)\]', _opened_fact, _numbered_refs(text))
+    question names them) opened: as the question's j-th phrase, or its class word before a reference the
+    phrase names (``binding``, :func:`phrase_binding` of the whole target; of ``text`` when not given). Other
+    class words stay words ('Its box reaches from')."""
+    numbered, slots = _numbered_refs(text)
+    t = re.sub(r'\[(\w+)\s+([^\]]+)\]', _opened_fact, numbered)
     pattern, many = _phrase_pattern(tuple(class_names))
     q = question.lower()
+    said_in_order = list(question_phrases(question, class_names))[:len(PHRASES)]
     refs = ''.join((REF, *REF_SLOTS))
+    binding = phrase_binding(text, question, class_names) if binding is None else binding
+
+    def phrase_of(slot: str, phrase: str) -> int | None:
+        j = binding.get(slots.get(slot, ''))
+        return j if j is not None and class_word(said_in_order[j]) == class_word(phrase) else None
+
+    def marked(t: str) -> str:   # BIND_j after each bound reference's first appearance
+        seen: set[str] = set()
+        out = []
+        for ch in t:
+            out.append(ch)
+            if ch in slots and ch not in seen:
+                seen.add(ch)
+                j = binding.get(slots[ch])
+                out.extend([BINDS[j]] if j is not None and j < len(BINDS) else [])
+        return ''.join(out)
 
     def opened(m: re.Match) -> str:
         before = t[:m.start()].split()[-1:] or ['']
         rest = t[m.end():]
         named = len(rest) > 1 and rest[0] == ' ' and rest[1] in refs
+        if named and rest[1] != REF and (j := phrase_of(rest[1], m[1])) is not None:
+            return PHRASE_CLASSES[j] if m[1] == class_word(m[1]) else PHRASES[j] if m[1] == said_in_order[j] else CLASS
         said = re.search(rf'\b{re.escape(m[1])}\b', q)
+        if said and not named and before[0].lower() in _DETERMINERS and said_in_order.count(m[1]) == 1:
+            return PHRASES[said_in_order.index(m[1])]
         if named and not said:
             return CLASSES if m[1] in many else CLASS
         if said and (named or before[0].lower() in _DETERMINERS):
             return ASKED_MANY if m[1] in many else ASKED
         return m[0]
-    return pattern.sub(opened, t)
+    return marked(pattern.sub(opened, t))
 
 
 def asked_phrases(question: str, class_names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
@@ -122,28 +191,35 @@ def shapes_of(targets: Iterable[tuple[str, str]], class_names: Sequence[str]) ->
     """{section: sorted distinct skeletons} of (question, completion) training pairs."""
     out: dict[str, set[str]] = {s: set() for s in SECTIONS}
     for question, completion in targets:
+        binding = phrase_binding(completion, question, class_names)
         for name, body in sections(completion).items():
             if body:
-                out[name].add(skeleton(body, question, class_names))
+                out[name].add(skeleton(body, question, class_names, binding))
     return {s: sorted(v) for s, v in out.items()}
 
 
 class ShapeMatcher:
     """The skeletons of one section as a character trie; a state is a set of (node, pending, bound) where pending
     is the rest of a class phrase being written, ARGS inside a fact, or '' at a node, and bound the objects
-    ('obj_3', ...) REF1, REF2, ... stand for so far."""
+    ('obj_3', ...) REF1, REF2, ... stand for so far. ``phrase_refs[(node, ref key)]``: the question phrase whose
+    objects that reference must be one of (the skeleton's BIND mark on it)."""
 
     def __init__(self, skeletons: Sequence[str], class_names: Sequence[str]):
         self.children: list[dict[str, int]] = [{}]
         self.terminal: list[bool] = [False]
+        self.phrase_refs: dict[tuple[int, str], int | None] = {}
         for s in skeletons:
-            node = 0
+            node, edge = 0, None
             for ch in (_SLOT.get(c, c) for c in s):
+                if ch in _BIND_KEYS:   # a mark on the reference just read, not a symbol
+                    j = _BIND_KEYS[ch]
+                    self.phrase_refs[edge] = j if self.phrase_refs.get(edge, j) == j else None   # shapes disagree
+                    continue
                 if ch not in self.children[node]:
                     self.children.append({})
                     self.terminal.append(False)
                     self.children[node][ch] = len(self.children) - 1
-                node = self.children[node][ch]
+                edge, node = (node, ch), self.children[node][ch]
             self.terminal[node] = True
         self._one, self._many = _phrases(class_names)
         self.start = frozenset({(0, '', ())})
@@ -152,14 +228,20 @@ class ShapeMatcher:
 
     def expansions(self, asked: tuple | None = None) -> dict[str, Sequence[str]]:
         """What each class slot may be written as: any class phrase (plural) before a reference; one the question
-        says (``asked``, :func:`asked_phrases`) for an ASKED slot, any when it says none of that number."""
+        says (``asked``: :meth:`AnswerShapes.asked`) for an ASKED slot, any when it says none of that number; the
+        question's j-th phrase (its class word) for PHRASEj (PHRASE_CLASSj), any when it names fewer."""
         if asked not in self._expansions:
-            said_one, said_many = asked or ((), ())
-            self._expansions[asked] = {_SLOT[CLASS]: self._one, _SLOT[CLASSES]: self._many,
-                                       _SLOT[ASKED]: said_one or self._one, _SLOT[ASKED_MANY]: said_many or self._many}
+            said_one, said_many, said = (asked + ((),))[:3] if asked else ((), (), ())
+            out = {_SLOT[CLASS]: self._one, _SLOT[CLASSES]: self._many,
+                   _SLOT[ASKED]: said_one or self._one, _SLOT[ASKED_MANY]: said_many or self._many}
+            for j in range(len(PHRASES)):
+                out[_SLOT[PHRASES[j]]] = [said[j]] if j < len(said) else self._one + self._many
+                out[_SLOT[PHRASE_CLASSES[j]]] = [class_word(said[j])] if j < len(said) else self._one
+            self._expansions[asked] = out
         return self._expansions[asked]
 
-    def _step(self, node: int, pending: str, bound: tuple, sym: str, expansions: dict) -> Iterable[tuple]:
+    def _step(self, node: int, pending: str, bound: tuple, sym: str, expansions: dict,
+              objects: Sequence[frozenset] = ()) -> Iterable[tuple]:
         if pending == ARGS:
             yield (node, '', bound) if sym == ']' else (node, ARGS, bound)
             return
@@ -173,6 +255,9 @@ class ShapeMatcher:
         for key, child in self.children[node].items():
             if ref and key in _BOUND:
                 i, obj = _BOUND[key], sym[1:-1]
+                j = self.phrase_refs.get((node, key))
+                if j is not None and j < len(objects) and objects[j] and obj not in objects[j]:
+                    continue   # not an object the question's phrase names
                 if i < len(bound) and bound[i] == obj:
                     yield child, '', bound
                 elif i == len(bound) and obj not in bound:
@@ -184,12 +269,14 @@ class ShapeMatcher:
             elif key in expansions and not ref:
                 yield from ((child, e[1:], bound) for e in expansions[key] if e[0] == sym)
 
-    def advance(self, states: frozenset, text: str, asked: tuple | None = None) -> frozenset:
-        """The states after ``text`` (an ``<obj_k>`` in it is one REF symbol); empty: off every shape."""
+    def advance(self, states: frozenset, text: str, asked: tuple | None = None,
+                objects: Sequence[frozenset] = ()) -> frozenset:
+        """The states after ``text`` (an ``<obj_k>`` in it is one REF symbol); empty: off every shape.
+        ``objects[j]``: the map's objects the question's j-th phrase names (empty: any)."""
         expansions = self.expansions(asked)
         for sym in _symbols(text):
             states = frozenset(s for node, pending, bound in states
-                               for s in self._step(node, pending, bound, sym, expansions))
+                               for s in self._step(node, pending, bound, sym, expansions, objects))
             if not states:
                 break
         return states
@@ -201,7 +288,8 @@ class ShapeMatcher:
         """``text`` is one whole shape."""
         return self.is_complete(self.advance(self.start, text, asked))
 
-    def allowed(self, states: frozenset, pieces: dict[int, str], asked: tuple | None = None) -> frozenset:
+    def allowed(self, states: frozenset, pieces: dict[int, str], asked: tuple | None = None,
+                objects: Sequence[frozenset] = ()) -> frozenset:
         """Ids of ``pieces`` (token id -> text) that keep ``states`` on some shape. Text pieces never read the
         bound objects, so their ids are cached per state set without them (the shapes are the model's, so the
         cache serves every request); reference pieces are checked against the bindings each time."""
@@ -212,7 +300,7 @@ class ShapeMatcher:
                 self._allowed.clear()
             self._allowed[key] = frozenset(i for i, s in pieces.items()
                                            if s and not _is_ref(s) and self.advance(core, s, asked))
-        refs = {i for i, s in pieces.items() if _is_ref(s) and self.advance(states, s, asked)}
+        refs = {i for i, s in pieces.items() if _is_ref(s) and self.advance(states, s, asked, objects)}
         return self._allowed[key] | refs if refs else self._allowed[key]
 
 
@@ -246,5 +334,7 @@ class AnswerShapes:
                    if (m := self.matchers.get(name)))
 
     def asked(self, question: str | None) -> tuple | None:
-        """:func:`asked_phrases` of ``question`` in this model's classes (None: no question)."""
-        return None if question is None else asked_phrases(question, self.class_names)
+        """(:func:`asked_phrases`, :func:`question_phrases`) of ``question`` in this model's classes (None: no
+        question, or one that names no object)."""
+        said = None if question is None else asked_phrases(question, self.class_names)
+        return None if said is None else (*said, question_phrases(question, self.class_names))

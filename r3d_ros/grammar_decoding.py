@@ -41,7 +41,7 @@ import re
 import torch
 from transformers import LogitsProcessor
 
-from r3d_ros.answer_shapes import AnswerShapes
+from r3d_ros.answer_shapes import AnswerShapes, class_word
 from r3d_ros.grounding import FACT, FACTS, REF, GroundingError, Scene, evaluate_fact, label_text
 from r3d_ros.output_format import (
     ACTIONS,
@@ -129,6 +129,7 @@ class GroundedGrammar(LogitsProcessor):
         self._pieces = {**self.texts, **{t: f'<{r}>' for t, r in self.refs.items()}}
         self._walked: list[tuple | None] = [None for _ in records]
         self._asked = [self.shapes.asked(q) if self.shapes else None for q in (questions or [None] * len(records))]
+        self._phrase_objects = [self._objects_named(asked, rows) for asked, rows in zip(self._asked, self.records)]
 
     def _free_vocabulary(self, questions: Sequence[str | None]) -> list[list[int]]:
         """Per row, the text tokens free text may take: no markup, no digit (every number is a fact's value), and
@@ -198,10 +199,27 @@ class GroundedGrammar(LogitsProcessor):
         start, kind = max(opened)
         return kind, text[start + (1 if kind == 'fact' else len(BOX_OPEN if kind == 'box' else STEP_OPEN)):]
 
-    def _colours_named(self, question: str) -> dict[str, str]:
-        """{class word: colour} for each 'COLOUR CLASS' the question says ('the brown nightstand')."""
+    def _colours_named(self, question: str) -> dict[str, set[str]]:
+        """{class word: colours} the question gives that class ('the brown nightstand', 'the green trash can and
+        the blue trash can')."""
         q = ' ' + re.sub(r'[^a-z ]', ' ', question.lower()) + ' '
-        return {w: c for w in self.labels for c in COLOR_NAMES if f' {c} {w} ' in q}
+        out: dict[str, set[str]] = {}
+        for w in self.labels:
+            for c in COLOR_NAMES:
+                if f' {c} {w} ' in q:
+                    out.setdefault(w, set()).add(c)
+        return out
+
+    @staticmethod
+    def _objects_named(asked: tuple | None, records: dict) -> tuple[frozenset, ...]:
+        """Per object phrase of the question, in order, the records it names: of its class, and of its colour when
+        one of them has it (empty: the map has none of the class, so the phrase binds nothing)."""
+        out = []
+        for phrase in (asked[2] if asked and len(asked) > 2 else ()):
+            word, colour = class_word(phrase), phrase[:-len(class_word(phrase))].strip()
+            same = {k for k, r in records.items() if label_text(r.label) == word}
+            out.append(frozenset({k for k in same if records[k].color == colour} or same))
+        return tuple(out)
 
     def _ref_ids(self, records: dict, word: str | None, pool: set[str] | None = None, row: int = 0,
                  strict: bool = False) -> list[int]:
@@ -216,8 +234,8 @@ class GroundedGrammar(LogitsProcessor):
             return ids
         same = lambda cands: [t for t in cands if label_text(records[self.refs[t]].label) == word]  # noqa: E731
         ids = same(ids) or (same(every) if not strict else []) or ids
-        colour = self._described[row].get(word)
-        return [t for t in ids if records[self.refs[t]].color == colour] or ids
+        colours = self._described[row].get(word, ())
+        return [t for t in ids if records[self.refs[t]].color in colours] or ids
 
     def allowed(self, row: int, text: str) -> list[int]:
         """Token ids that may come next after ``text`` in row ``row``."""
@@ -250,14 +268,15 @@ class GroundedGrammar(LogitsProcessor):
         if matcher is None:
             return ids
         last, asked = self._walked[row], self._asked[row]
+        objects = self._phrase_objects[row]
         if last and last[0] == section and body.startswith(last[1]):
-            states = matcher.advance(last[2], body[len(last[1]):], asked)
+            states = matcher.advance(last[2], body[len(last[1]):], asked, objects)
         else:
-            states = matcher.advance(matcher.start, body, asked)
+            states = matcher.advance(matcher.start, body, asked, objects)
         self._walked[row] = (section, body, states)
         if not states:
             return ids   # off every shape (only if the mask was left open): the grammar alone
-        words, complete = matcher.allowed(states, self._pieces, asked), matcher.is_complete(states)
+        words, complete = matcher.allowed(states, self._pieces, asked, objects), matcher.is_complete(states)
         kept = [i for i in ids if i in words or (complete and (i in self.markers or i == self.eos))]
         return kept or ids
 

@@ -10,12 +10,16 @@ from test_grounding import _room
 from r3d_ros.answer_shapes import (
     ARGS,
     ASKED,
-    ASKED_MANY,
+    BINDS,
     CLASS,
+    PHRASE_CLASSES,
+    PHRASES,
     REF_SLOTS,
     AnswerShapes,
     ShapeMatcher,
     asked_phrases,
+    phrase_binding,
+    question_phrases,
     sections,
     shapes_of,
     skeleton,
@@ -56,15 +60,19 @@ def processor():
 def test_a_skeleton_opens_references_facts_and_the_class_phrases_that_name_objects():
     r1, r2 = REF_SLOTS[:2]
     text = 'The black lamp <lamp_2> is about [height <lamp_2>] tall. Its box reaches from [bottom <lamp_2>].'
+    # ('box': a word here)
     assert skeleton(text, 'How tall is the black lamp?', CLASS_NAMES) == \
-        f'The {ASKED} {r1} is about [height {r1}] tall. Its box reaches from [bottom {r1}].'   # 'box': a word here
+        f'The {PHRASES[0]} {r1}{BINDS[0]} is about [height {r1}] tall. Its box reaches from [bottom {r1}].'
     # objects numbered by first appearance, the same object the same slot; a class before a reference is the
-    # question's where the target's was, any class where the target named one the question does not
+    # question's phrase that names it (the reference bound to it), any class where the question names none
     text = 'The table <table_0> is next to the chair <chair_4>: [distance <chair_4> <table_0>] apart.'
     assert skeleton(text, 'What is next to the table?', CLASS_NAMES) == \
-        f'The {ASKED} {r1} is next to the {CLASS} {r2}: [distance {r2} {r1}] apart.'
+        f'The {PHRASE_CLASSES[0]} {r1}{BINDS[0]} is next to the {CLASS} {r2}: [distance {r2} {r1}] apart.'
     assert skeleton('I scan the room for trash cans: [list trash_can].', 'How many trash cans are there?',
-                    CLASS_NAMES) == f'I scan the room for {ASKED_MANY}: [list{ARGS}.'   # the question's phrase
+                    CLASS_NAMES) == f'I scan the room for {PHRASES[0]}: [list{ARGS}.'   # the question's phrase
+    # a phrase the question says twice is not one of its phrases by position: any phrase it says
+    assert skeleton('the chair and the chair', 'Is the chair left of the chair?', CLASS_NAMES) == \
+        f'the {ASKED} and the {ASKED}'
     # a class word the question does not ask about, with no reference after it, stays a word
     assert skeleton('the chair is red', 'Is there a lamp?', CLASS_NAMES) == 'the chair is red'
     assert asked_phrases('How tall is the black lamp?', CLASS_NAMES) == (('black lamp', 'lamp'), ())
@@ -86,6 +94,44 @@ def test_a_shape_keeps_its_objects_apart_and_the_same_object_the_same():
     assert after(both) == [3] and after(both + '<obj_3> ') == [1]                # the two it compared, in order
     assert m.matches(both + '<obj_3> <obj_1>] is larger.')
     assert not m.matches(both + '<obj_3> <obj_2>] is larger.')
+
+
+def test_the_question_s_objects_are_bound_in_the_order_it_names_them():
+    """The shipped model once answered "Imagine standing at the brown desk and facing the white chair. Is the white
+    table on your left?" standing at the white chair and facing the table, and put the trash cans of "standing at
+    the green trash can and facing the blue trash can" all on one. A reference after the class word of the
+    question's j-th phrase is an object that phrase names, in the reasoning and in the answer's facts alike."""
+    question = ('Imagine standing at the green trash can and facing the blue trash can. Is the black trash can on '
+                'your left or on your right?')
+    assert question_phrases(question, CLASS_NAMES) == ('green trash can', 'blue trash can', 'black trash can')
+    think = ('I place myself at the trash can <trash_can_4> and face the trash can <trash_can_2>. I find the trash '
+             'can <trash_can_7>. It lies [side <trash_can_4> <trash_can_2> <trash_can_7>].')
+    answer = 'The trash can <trash_can_7> is on your [side <trash_can_4> <trash_can_2> <trash_can_7>].'
+    binding = phrase_binding(think + answer, question, CLASS_NAMES)
+    assert binding == {'<trash_can_4>': 0, '<trash_can_2>': 1, '<trash_can_7>': 2}
+    r1, r2, r3 = REF_SLOTS[:3]
+    p1, p2, p3 = PHRASE_CLASSES[:3]
+    b1, b2, b3 = BINDS[:3]
+    assert skeleton(answer, question, CLASS_NAMES, binding) == \
+        f'The {p3} {r1}{b3} is on your [side {r2}{b1} {r3}{b2} {r1}].'   # the answer's own order, the same objects
+    m = ShapeMatcher([skeleton(think, question, CLASS_NAMES, binding),
+                      skeleton(answer, question, CLASS_NAMES, binding)], CLASS_NAMES)
+    asked = AnswerShapes({}, CLASS_NAMES).asked(question)
+    objects = (frozenset({'obj_1'}), frozenset({'obj_2'}), frozenset({'obj_3', 'obj_4'}))   # what each phrase names
+    pieces = {k: f'<obj_{k}>' for k in range(6)}
+    after = lambda text: sorted(m.allowed(m.advance(m.start, text, asked, objects), pieces, asked, objects))  # noqa: E731
+    assert after('I place myself at the trash can ') == [1]
+    assert after('I place myself at the trash can <obj_1> and face the trash can ') == [2]
+    assert after('I place myself at the trash can <obj_1> and face the trash can <obj_2>. I find the trash can ') \
+        == [3, 4]
+    assert after('The trash can <obj_4> is on your [side ') == [1] and after('The trash can ') == [3, 4]
+    # the class word is the phrase's: not 'the chair' where the question's second object is a trash can
+    states = m.advance(m.start, 'I place myself at the trash can <obj_1> and face the ', asked, objects)
+    assert not m.advance(states, 'chair', asked, objects) and m.advance(states, 'trash can', asked, objects)
+    # a map where the class head finds none of a phrase's objects binds nothing there (empty: any object)
+    loose = (frozenset(), frozenset({'obj_2'}), frozenset())
+    assert sorted(m.allowed(m.advance(m.start, 'I place myself at the trash can ', asked, loose), pieces, asked,
+                            loose)) == [0, 1, 2, 3, 4, 5]
 
 
 def test_unseen_rooms_targets_are_on_shape_and_word_salad_is_not(targets):

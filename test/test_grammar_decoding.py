@@ -153,6 +153,15 @@ def test_the_colour_the_question_gives_picks_among_the_class(processor):
     assert _refs(red, 'First, I find the chair ') == ['<obj_3>']
     green = processor.grammar([records], ['How tall is the green chair?']), processor.tokenizer
     assert _refs(green, 'First, I find the chair ') == ['<obj_1>', '<obj_3>']   # no green one: either chair
+    # two colours of one class in the question: either of them, and the shapes say which phrase is which
+    question = ('Imagine standing at the red chair and facing the blue chair. Is the table on your left or on your '
+                'right?')
+    assert _refs((processor.grammar([records], [question], shapes=False), processor.tokenizer),
+                 'First, I place myself at the chair ') == ['<obj_1>', '<obj_3>']
+    both = processor.grammar([records], [question]), processor.tokenizer
+    assert _refs(both, 'First, I place myself at the chair ') == ['<obj_3>']               # the red one first
+    assert _refs(both, 'First, I place myself at the chair <obj_3>, at [center <obj_3>], and face the chair ') \
+        == ['<obj_1>']
 
 
 def test_no_number_and_no_colour_of_the_models_own(processor):
