@@ -53,6 +53,15 @@ _SLOT = {CLASS: '<class>', CLASSES: '<classes>', REF: '<ref>', ARGS: '<args>', A
          **{c: f'<phrase-class{j + 1}>' for j, c in enumerate(PHRASE_CLASSES)}}
 _BOUND = {f'<ref{i + 1}>': i for i in range(len(REF_SLOTS))}
 _BIND_KEYS = {c: j for j, c in enumerate(BINDS)}
+#: the class word of a box or plan step ('<box>trash_can <obj_3>'): any (the grammar keeps it to the object's
+#: class), or PHRASE_TAGS[j], the j-th question phrase's class, before a reference bound to that phrase
+TAG = chr(0xE030)
+PHRASE_TAGS = tuple(chr(0xE040 + j) for j in range(8))
+_SLOT.update({TAG: '<tag>', **{c: f'<phrase-tag{j + 1}>' for j, c in enumerate(PHRASE_TAGS)}})
+_TAG_WORD = re.compile(r'(<box>|<step>[a-z_]+ )[a-z_]+(?= <[a-z_]+_\d+>)')
+#: the answer section runs to ``</answer>``: its text, then its boxes and plan, one shape, so that the boxes and a
+#: plan's steps are the ones its text announced, on the objects the question names (the 4-layer model once wrote
+#: "I will bring the lamp to the desk" over a plan that inspected the desk, and walked to the laptop twice)
 SECTIONS = ('think', 'answer')
 _REF = re.compile(r'<[a-z_]+_\d+>')
 _DETERMINERS = ('the', 'a', 'for')
@@ -129,7 +138,7 @@ def skeleton(text: str, question: str, class_names: Sequence[str], binding: dict
     question names them) opened: as the question's j-th phrase, or its class word before a reference the
     phrase names (``binding``, :func:`phrase_binding` of the whole target; of ``text`` when not given). Other
     class words stay words ('Its box reaches from')."""
-    numbered, slots = _numbered_refs(text)
+    numbered, slots = _numbered_refs(_TAG_WORD.sub(lambda m: m[1] + TAG, text))
     t = re.sub(r'\[(\w+)\s+([^\]]+)\]', _opened_fact, numbered)
     pattern, many = _phrase_pattern(tuple(class_names))
     q = question.lower()
@@ -140,6 +149,11 @@ def skeleton(text: str, question: str, class_names: Sequence[str], binding: dict
     def phrase_of(slot: str, phrase: str) -> int | None:
         j = binding.get(slots.get(slot, ''))
         return j if j is not None and class_word(said_in_order[j]) == class_word(phrase) else None
+
+    def tagged(t: str) -> str:   # a box's / step's class word before a bound reference: that phrase's class
+        return re.sub(f'{TAG} ([{"".join(slots)}])', lambda m: (
+            f'{PHRASE_TAGS[j]} {m[1]}' if (j := binding.get(slots[m[1]])) is not None and j < len(PHRASE_TAGS)
+            else m[0]), t) if slots else t
 
     def marked(t: str) -> str:   # BIND_j after each bound reference's first appearance
         seen: set[str] = set()
@@ -166,7 +180,7 @@ def skeleton(text: str, question: str, class_names: Sequence[str], binding: dict
         if said and (named or before[0].lower() in _DETERMINERS):
             return ASKED_MANY if m[1] in many else ASKED
         return m[0]
-    return marked(pattern.sub(opened, t))
+    return marked(tagged(pattern.sub(opened, t)))
 
 
 def asked_phrases(question: str, class_names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
@@ -180,10 +194,12 @@ def asked_phrases(question: str, class_names: Sequence[str]) -> tuple[tuple[str,
     return tuple(sorted(said - many)), tuple(sorted(said & many))
 
 
-def sections(completion: str) -> dict[str, str]:
-    """{'think': body, 'answer': text before its first box or plan} of a completion in the output grammar."""
+def sections(completion: str, tails: bool = True) -> dict[str, str]:
+    """{'think': body, 'answer': body (its text, boxes and plan; ``tails`` False: its text before the first box or
+    plan, as shapes learnt before session 16 hold it)} of a completion in the output grammar."""
     think = re.search(r'<think>(.*?)</think>', completion, re.S)
-    answer = re.search(r'<answer>(.*?)(?:<box>|<plan>|</answer>|$)', completion, re.S)
+    end = r'(?:</answer>|$)' if tails else r'(?:<box>|<plan>|</answer>|$)'
+    answer = re.search(rf'<answer>(.*?){end}', completion, re.S)
     return {'think': think[1].strip() if think else '', 'answer': answer[1].strip() if answer else ''}
 
 
@@ -222,6 +238,9 @@ class ShapeMatcher:
                 edge, node = (node, ch), self.children[node][ch]
             self.terminal[node] = True
         self._one, self._many = _phrases(class_names)
+        self._tags = sorted(set(class_names) | {w for w in self._one if ' ' not in w}, key=lambda w: (-len(w), w))
+        #: the skeletons run on past the answer's text into its boxes and plan
+        self.has_tail = any('<box>' in k or '<plan>' in k for k in skeletons)
         self.start = frozenset({(0, '', ())})
         self._allowed: dict[tuple, frozenset] = {}
         self._expansions: dict[tuple | None, dict[str, Sequence[str]]] = {}
@@ -232,11 +251,12 @@ class ShapeMatcher:
         question's j-th phrase (its class word) for PHRASEj (PHRASE_CLASSj), any when it names fewer."""
         if asked not in self._expansions:
             said_one, said_many, said = (asked + ((),))[:3] if asked else ((), (), ())
-            out = {_SLOT[CLASS]: self._one, _SLOT[CLASSES]: self._many,
+            out = {_SLOT[CLASS]: self._one, _SLOT[CLASSES]: self._many, _SLOT[TAG]: self._tags,
                    _SLOT[ASKED]: said_one or self._one, _SLOT[ASKED_MANY]: said_many or self._many}
             for j in range(len(PHRASES)):
                 out[_SLOT[PHRASES[j]]] = [said[j]] if j < len(said) else self._one + self._many
                 out[_SLOT[PHRASE_CLASSES[j]]] = [class_word(said[j])] if j < len(said) else self._one
+                out[_SLOT[PHRASE_TAGS[j]]] = [class_word(said[j]).replace(' ', '_')] if j < len(said) else self._tags
             self._expansions[asked] = out
         return self._expansions[asked]
 
@@ -330,8 +350,13 @@ class AnswerShapes:
         """Each section of ``completion`` that has shapes is one of them, whole (with the class phrases
         ``question`` says where a shape asks for them)."""
         asked = self.asked(question)
-        return all(m.matches(body, asked) for name, body in sections(completion).items()
+        return all(m.matches(body, asked) for name, body in sections(completion, self.tails).items()
                    if (m := self.matchers.get(name)))
+
+    @property
+    def tails(self) -> bool:
+        """The answer's shapes hold its boxes and plan too (learnt since session 16)."""
+        return 'answer' in self.matchers and self.matchers['answer'].has_tail
 
     def asked(self, question: str | None) -> tuple | None:
         """(:func:`asked_phrases`, :func:`question_phrases`) of ``question`` in this model's classes (None: no

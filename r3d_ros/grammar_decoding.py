@@ -88,9 +88,10 @@ def _answer_text(text: str) -> str:
     return re.split(f'{re.escape(BOX_OPEN)}|{re.escape(PLAN_OPEN)}', text.split(ANSWER_OPEN, 1)[1], maxsplit=1)[0]
 
 
-def _shape_section(text: str) -> tuple[str | None, str]:
+def _shape_section(text: str, tails: bool) -> tuple[str | None, str]:
     """('think' | 'answer', the section's text so far), 'tail' after the answer's text (a box or the plan has
-    begun), or None where no shape applies (before ``<think>``, between the sections, after the answer)."""
+    begun) when the shapes stop at the text (``tails`` False), or None where no shape applies (before
+    ``<think>``, between the sections, after the answer)."""
     if THINK_OPEN not in text:
         return None, ''
     if THINK_CLOSE not in text:
@@ -98,7 +99,7 @@ def _shape_section(text: str) -> tuple[str | None, str]:
     if ANSWER_OPEN not in text or ANSWER_CLOSE in text:
         return None, ''
     body = text.split(ANSWER_OPEN, 1)[1]
-    return ('tail', '') if BOX_OPEN in body or PLAN_OPEN in body else ('answer', body)
+    return ('tail', '') if not tails and (BOX_OPEN in body or PLAN_OPEN in body) else ('answer', body)
 
 
 class GroundedGrammar(LogitsProcessor):
@@ -127,6 +128,7 @@ class GroundedGrammar(LogitsProcessor):
         self._decoded: list[list[str]] = [[] for _ in records]
         self.shapes = shapes or None
         self._pieces = {**self.texts, **{t: f'<{r}>' for t, r in self.refs.items()}}
+        self._tail_pieces = {**self._pieces, **self.markers}
         self._walked: list[tuple | None] = [None for _ in records]
         self._asked = [self.shapes.asked(q) if self.shapes else None for q in (questions or [None] * len(records))]
         self._phrase_objects = [self._objects_named(asked, rows) for asked, rows in zip(self._asked, self.records)]
@@ -257,9 +259,11 @@ class GroundedGrammar(LogitsProcessor):
 
     # -- answer shapes ------------------------------------------------------------------------------
     def _in_shape(self, row: int, text: str, ids: list[int]) -> list[int]:
-        """``ids`` that keep the reasoning / the answer's text on one of the model's shapes (a section's closing
-        marker only once its shape is complete); after the answer's text, no more words outside boxes and steps."""
-        section, body = _shape_section(text)
+        """``ids`` that keep the reasoning / the answer on one of the model's shapes (a section's closing marker only
+        once its shape is complete). Shapes of the answer's text alone (before session 16): after that text, no
+        more words outside boxes and steps."""
+        tails = self.shapes.tails
+        section, body = _shape_section(text, tails)
         if section == 'tail':
             if self._state(text)[0] != 'free':
                 return ids
@@ -276,8 +280,12 @@ class GroundedGrammar(LogitsProcessor):
         self._walked[row] = (section, body, states)
         if not states:
             return ids   # off every shape (only if the mask was left open): the grammar alone
-        words, complete = matcher.allowed(states, self._pieces, asked, objects), matcher.is_complete(states)
-        kept = [i for i in ids if i in words or (complete and (i in self.markers or i == self.eos))]
+        whole = tails and section == 'answer'   # the answer's boxes and plan are in its shape: markers are words
+        words = matcher.allowed(states, self._tail_pieces if whole else self._pieces, asked, objects)
+        complete = matcher.is_complete(states)
+        ends = (lambda i: self.markers.get(i) == ANSWER_CLOSE) if whole else \
+            (lambda i: i in self.markers or i == self.eos)
+        kept = [i for i in ids if i in words or (complete and ends(i))]
         return kept or ids
 
     def _spoken_of(self, text: str, row: int) -> set[str]:

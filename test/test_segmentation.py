@@ -149,3 +149,27 @@ def test_pieces_of_a_half_seen_wall_are_not_objects():
         assert max(_iou(c, s, obj.center, obj.size) for c, s in boxes) >= 0.25, obj.label
     # and nothing else: the table's legs are part of the table, not proposals of their own
     assert len(boxes) <= len(scene.objects), [(np.round(c, 2), np.round(s, 2)) for c, s in boxes]
+
+
+
+def _proposals_of(scene, labels):
+    """{object id: number of proposals most of whose points are that object's}."""
+    out = {}
+    for k in range(int(labels.max(initial=-1)) + 1):
+        ids, counts = np.unique(scene.instance[labels == k], return_counts=True)
+        top = int(ids[counts.argmax()])
+        out[top] = out.get(top, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize('index, label', [(10, 'table'), (84, 'bed'), (302, 'tv')])
+def test_parts_of_one_piece_of_furniture_are_one_proposal_and_what_stands_on_it_is_not(index, label):
+    """Test-split scenes of r3d-make-data (seed 0) that session 16 found miscounted: scene 10's two tables, whose
+    legs stop 9 cm short of the top, came out as five proposals ("how many tables": 5), scene 84's beds with their
+    headboards (taller than the bed) as four. A tv standing on a desk (scene 302) stays an object of its own."""
+    from r3d_ros.scenes.dataset import scene_seed
+
+    scene = generate_scene(scene_seed(0, index))
+    found = _proposals_of(scene, segment_objects(_cloud(scene)))
+    objects = [o for o in scene.objects if o.label == label]
+    assert objects and all(found.get(o.id) == 1 for o in objects), [(o.id, found.get(o.id)) for o in objects]

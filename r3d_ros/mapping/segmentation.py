@@ -15,7 +15,11 @@ Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for th
 5. parts below another segment join it: a segment whose top touches the underside of a larger segment and whose
    footprint lies under it (legs and side panels under a table top, which shading alone had split off: on the
    val scenes a table came out as five proposals) is one object with it, and so is a thin part (<= 15 cm across:
-   a leg, a panel) standing inside its box (a table whose top took some legs already reaches the floor).
+   a leg, a panel) standing inside its box (a table whose top took some legs already reaches the floor) or
+   anywhere under it (a leg that stops short of the top: on the test scenes a table came out as five proposals),
+   and a thin panel rising from inside its box along most of one side (a bed's headboard, taller than the bed:
+   beds were counted twice). A thing resting on top of the other (a book on a table) starts at its top and is
+   never joined.
 
 Labels are per input point: -1 for structure and noise, else 0..K-1 with 0 the largest segment (most occupied
 voxels, so the order does not depend on how densely the cloud was sampled).
@@ -124,10 +128,7 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
             if b == a or area[b] <= 2 * area[a]:
                 continue
             under = np.all(alo[:2] >= blo[:2] - voxel) and np.all(ahi[:2] <= bhi[:2] + voxel)
-            # its top touches the other's underside; or it is a thin part (a leg, a side panel) standing wholly
-            # inside the other's box, below its top (a table whose top already took some legs reaches the floor)
-            thin_inside = min(ahi[:2] - alo[:2]) <= 0.15 and alo[2] >= blo[2] - voxel
-            if under and (abs(float(ahi[2] - blo[2])) <= gap or thin_inside) and ahi[2] < bhi[2]:
+            if under and _part_of(alo, ahi, blo, bhi, voxel, gap):
                 parent[a] = b
                 break
     out = labels.copy()
@@ -137,6 +138,20 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
             root = parent[root]
         out[labels == a] = root
     return out
+
+
+def _part_of(alo, ahi, blo, bhi, voxel: float, gap: float) -> bool:
+    """Whether segment a (box alo..ahi), whose footprint lies within segment b's, is a part of b (step 5)."""
+    extent, other = ahi[:2] - alo[:2], bhi[:2] - blo[:2]
+    thin = float(extent.min()) <= 0.15
+    if ahi[2] < bhi[2]:
+        # its top touches b's underside; or a thin part (leg, panel) inside b's box or anywhere below its top
+        return abs(float(ahi[2] - blo[2])) <= gap or (thin and (alo[2] >= blo[2] - voxel or ahi[2] <= blo[2] + gap))
+    # taller than b: a thin panel at the edge of b's footprint, along most of that side, rising from below b's
+    # top (a headboard; not a screen standing on a desk that b's top took a monitor of)
+    side, across = int(np.argmax(extent)), int(np.argmin(extent))
+    at_edge = min(abs(float(alo[across] - blo[across])), abs(float(bhi[across] - ahi[across]))) <= 2 * voxel
+    return thin and at_edge and alo[2] < bhi[2] - gap and extent[side] >= 0.6 * other[side]
 
 
 def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, structure: np.ndarray,
