@@ -215,13 +215,16 @@ class GroundedGrammar(LogitsProcessor):
     @staticmethod
     def _objects_named(asked: tuple | None, records: dict) -> tuple[frozenset, ...]:
         """Per object phrase of the question, in order, the records it names: of its class, and of its colour when
-        one of them has it (empty: the map has none of the class, so the phrase binds nothing)."""
-        out = []
+        one of them has it. When the map has none of its class (the class head missed it), any record but those
+        the question's other phrases name: "Bring the book to the nightstand" with the book classed a bowl must
+        not bring the nightstand to itself."""
+        named = []
         for phrase in (asked[2] if asked and len(asked) > 2 else ()):
             word, colour = class_word(phrase), phrase[:-len(class_word(phrase))].strip()
             same = {k for k, r in records.items() if label_text(r.label) == word}
-            out.append(frozenset({k for k in same if records[k].color == colour} or same))
-        return tuple(out)
+            named.append(frozenset({k for k in same if records[k].color == colour} or same))
+        taken = frozenset().union(*named) if named else frozenset()
+        return tuple(n or frozenset(records) - taken for n in named)
 
     def _ref_ids(self, records: dict, word: str | None, pool: set[str] | None = None, row: int = 0,
                  strict: bool = False) -> list[int]:

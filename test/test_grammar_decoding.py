@@ -164,6 +164,15 @@ def test_the_colour_the_question_gives_picks_among_the_class(processor):
         == ['<obj_1>']
 
 
+def test_an_object_the_map_lacks_is_none_of_the_others_the_question_names(processor):
+    """A live demo map classed the book a bowl: with no book record, the model brought "the nightstand to the
+    nightstand". The book's reference may then be any record but the ones the question's other phrases name."""
+    records, _, _ = _room()   # obj_0 table, obj_1 chair, obj_2 lamp: no book
+    g = processor.grammar([records], ['Bring the book to the table.']), processor.tokenizer
+    assert _refs(g, 'First, I locate the book ') == ['<obj_1>', '<obj_2>']
+    assert _refs(g, 'First, I locate the book <obj_2>, at [center <obj_2>], and the table ') == ['<obj_0>']
+
+
 def test_no_number_and_no_colour_of_the_models_own(processor):
     records, _, _ = _room()
     g, tok = processor.grammar([records], ['How tall is the black lamp?']), processor.tokenizer

@@ -143,7 +143,10 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
 def _part_of(alo, ahi, blo, bhi, voxel: float, gap: float) -> bool:
     """Whether segment a (box alo..ahi), whose footprint lies within segment b's, is a part of b (step 5)."""
     extent, other = ahi[:2] - alo[:2], bhi[:2] - blo[:2]
-    thin = float(extent.min()) <= 0.15
+    # a leg 6 cm thick fills up to 25 cm of a live 5 cm voxel map: that wide, a post rising from b's bottom (a
+    # plant or a trash can standing there is wider, or not twice as tall as wide)
+    post = float(extent.max()) <= 0.25 and ahi[2] - alo[2] >= 1.8 * float(extent.max()) and alo[2] <= blo[2] + voxel
+    thin = float(extent.min()) <= 0.15 or post
     if ahi[2] < bhi[2]:
         # its top touches b's underside; or a thin part (leg, panel) inside b's box or anywhere below its top
         return abs(float(ahi[2] - blo[2])) <= gap or (thin and (alo[2] >= blo[2] - voxel or ahi[2] <= blo[2] + gap))
