@@ -127,7 +127,8 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
             blo, bhi = boxes[b]
             if b == a or area[b] <= 2 * area[a]:
                 continue
-            under = np.all(alo[:2] >= blo[:2] - voxel) and np.all(ahi[:2] <= bhi[:2] + voxel)
+            # its footprint within b's (a noisy live map widens a leg by a voxel on each side)
+            under = np.all(alo[:2] >= blo[:2] - 2 * voxel) and np.all(ahi[:2] <= bhi[:2] + 2 * voxel)
             if under and _part_of(alo, ahi, blo, bhi, voxel, gap):
                 parent[a] = b
                 break
@@ -145,7 +146,7 @@ def _part_of(alo, ahi, blo, bhi, voxel: float, gap: float) -> bool:
     extent, other = ahi[:2] - alo[:2], bhi[:2] - blo[:2]
     # a leg 6 cm thick fills up to 25 cm of a live 5 cm voxel map: that wide, a post rising from b's bottom (a
     # plant or a trash can standing there is wider, or not twice as tall as wide)
-    post = float(extent.max()) <= 0.25 and ahi[2] - alo[2] >= 1.8 * float(extent.max()) and alo[2] <= blo[2] + voxel
+    post = float(extent.max()) <= 0.25 and ahi[2] - alo[2] >= 1.8 * float(extent.max()) and alo[2] <= blo[2] + 2 * voxel
     thin = float(extent.min()) <= 0.15 or post
     if ahi[2] < bhi[2]:
         # its top touches b's underside; or a thin part (leg, panel) inside b's box or anywhere below its top
