@@ -16,7 +16,9 @@ Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for th
    footprint lies under it (legs and side panels under a table top, which shading alone had split off: on the
    val scenes a table came out as five proposals) is one object with it, and so is a thin part (<= 15 cm across:
    a leg, a panel) standing inside its box (a table whose top took some legs already reaches the floor) or
-   anywhere under it (a leg that stops short of the top: on the test scenes a table came out as five proposals),
+   anywhere under it (a leg that stops short of the top: on the test scenes a table came out as five proposals;
+   in a live 5 cm voxel map a 6 cm leg is up to 25 cm across, so a post that wide, at least 1.8 times as tall
+   as wide and rising from the table's bottom, counts as thin, and a footprint may overhang by two voxels),
    and a thin panel rising from inside its box along most of one side (a bed's headboard, taller than the bed:
    beds were counted twice). A thing resting on top of the other (a book on a table) starts at its top and is
    never joined.
@@ -125,7 +127,7 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
         alo, ahi = boxes[a]
         for b in sorted(ids, key=lambda k: -area[k]):
             blo, bhi = boxes[b]
-            if b == a or area[b] <= 2 * area[a]:
+            if b == a or area[b] <= 2 * area[a] or min(bhi[:2] - blo[:2]) > ROOM_SIZED:
                 continue
             # its footprint within b's (a noisy live map widens a leg by a voxel on each side)
             under = np.all(alo[:2] >= blo[:2] - 2 * voxel) and np.all(ahi[:2] <= bhi[:2] + 2 * voxel)
@@ -139,6 +141,11 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
             root = parent[root]
         out[labels == a] = root
     return out
+
+
+#: a segment wider than this (m) both ways is a leftover of the room's structure (walls a live map saw in parts),
+#: not furniture: it takes no parts (it took a table's legs, leaving its top 10 cm tall)
+ROOM_SIZED = 3.0
 
 
 def _part_of(alo, ahi, blo, bhi, voxel: float, gap: float) -> bool:
@@ -191,10 +198,27 @@ def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, s
         touched = near[:, part].any(axis=1)
         colour = np.median(colours[part], axis=0)
         # (nearly) every point by some wall (a piece may span a corner), coloured like one of the walls it lies by
-        if near[:, part].any(axis=0).mean() >= 0.98 and any(np.linalg.norm(colour - walls[f]) <= cfg.wall_color_tol
-                                                   for f in np.flatnonzero(touched)):
+        by_wall = [walls[f] for f in np.flatnonzero(touched) if np.linalg.norm(colour - walls[f]) <= cfg.wall_color_tol]
+        if near[:, part].any(axis=0).mean() >= 0.98 and by_wall:
             out[part] = -1
+            out = _keep_what_is_not_wall(xyz, rgb, colours, part, by_wall, out, cfg)
     return out
+
+
+def _keep_what_is_not_wall(xyz, rgb, colours, part, walls, labels, cfg: SegmentationConfig) -> np.ndarray:
+    """The points of a wall piece in a colour of their own, clustered again as objects of their own: a table
+    standing against a half-seen wall joins the wall's segment, and went with it (a live demo map lost its table
+    top so, and the class head called a leg the table)."""
+    from sklearn.cluster import DBSCAN
+
+    dist = np.min([np.linalg.norm(colours - w, axis=1) for w in walls], axis=0)
+    rest = np.flatnonzero(part & (dist > cfg.wall_color_tol))
+    if len(rest) < cfg.min_points:
+        return labels
+    feats = np.concatenate([xyz[rest], cfg.color_weight * rgb[rest]], axis=1)
+    sub = DBSCAN(eps=cfg.eps, min_samples=cfg.min_points).fit_predict(feats)
+    labels[rest] = np.where(sub >= 0, sub + labels.max() + 1, -1)
+    return labels
 
 
 def segment_boxes(cloud: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
