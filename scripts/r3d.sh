@@ -23,8 +23,9 @@ log() { printf '\033[1m[r3d]\033[0m %s\n' "$*"; }
 
 ensure_debian_packages() {
   local missing=()
-  ldconfig -p | grep -q 'libusb-1.0.so.0' || missing+=(libusb-1.0-0)
-  ldconfig -p | grep -q 'libgomp.so.1' || missing+=(libgomp1)
+  # grep reads all of ldconfig's output: with pipefail, grep -q's early exit fails the pipe (SIGPIPE) now and then
+  ldconfig -p | grep 'libusb-1.0.so.0' >/dev/null || missing+=(libusb-1.0-0)
+  ldconfig -p | grep 'libgomp.so.1' >/dev/null || missing+=(libgomp1)
   command -v java >/dev/null || missing+=(default-jre-headless)
   command -v tcpdump >/dev/null || missing+=(tcpdump)
   # r3d_interfaces: rosidl generates C/C++ typesupport and a Python C extension
