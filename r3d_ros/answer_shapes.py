@@ -186,9 +186,9 @@ def skeleton(text: str, question: str, class_names: Sequence[str], binding: dict
 def asked_phrases(question: str, class_names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """(class phrases, plural phrases) ``question`` says ('black lamp' and 'lamp' for "the black lamp"); None when
     it says none (an ASKED slot then takes any, as it would without the question)."""
-    pattern, many = _phrase_pattern(tuple(class_names))
-    said = set(pattern.findall(question.lower()))
-    said |= {w.split(' ', 1)[1] for w in said if w.split(' ', 1)[0] in COLOR_NAMES}   # the class without its colour
+    _, many = _phrase_pattern(tuple(class_names))
+    said = set(question_phrases(question, class_names))
+    said |= {class_word(w) for w in said}   # the class without its colour
     if not said:
         return None
     return tuple(sorted(said - many)), tuple(sorted(said & many))
@@ -250,7 +250,7 @@ class ShapeMatcher:
         says (``asked``: :meth:`AnswerShapes.asked`) for an ASKED slot, any when it says none of that number; the
         question's j-th phrase (its class word) for PHRASEj (PHRASE_CLASSj), any when it names fewer."""
         if asked not in self._expansions:
-            said_one, said_many, said = (asked + ((),))[:3] if asked else ((), (), ())
+            said_one, said_many, said = asked or ((), (), ())
             out = {_SLOT[CLASS]: self._one, _SLOT[CLASSES]: self._many, _SLOT[TAG]: self._tags,
                    _SLOT[ASKED]: said_one or self._one, _SLOT[ASKED_MANY]: said_many or self._many}
             for j in range(len(PHRASES)):

@@ -219,7 +219,7 @@ class GroundedGrammar(LogitsProcessor):
         the question's other phrases name: "Bring the book to the nightstand" with the book classed a bowl must
         not bring the nightstand to itself."""
         named = []
-        for phrase in (asked[2] if asked and len(asked) > 2 else ()):
+        for phrase in (asked[2] if asked else ()):
             word, colour = class_word(phrase), phrase[:-len(class_word(phrase))].strip()
             same = {k for k, r in records.items() if label_text(r.label) == word}
             named.append(frozenset({k for k in same if records[k].color == colour} or same))
