@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from r3d_ros.question_intent import MIN_SIMILARITY, TEMPLATES, QuestionInterpreter, object_phrases
+from r3d_ros.question_intent import (
+    MIN_PROBABILITY,
+    MIN_SIMILARITY,
+    TEMPLATES,
+    QuestionInterpreter,
+    object_phrases,
+    placeholder_form,
+)
 from r3d_ros.scenes.paraphrase import PARAPHRASES
 
 CLASSES = ['chair', 'table', 'lamp', 'trash_can', 'book', 'shelf']
@@ -45,26 +52,51 @@ def test_other_wordings_are_read_as_the_template(interpreter, asked, meant):
     assert read.changed and read.question == meant and read.similarity >= MIN_SIMILARITY
 
 
-def test_a_question_no_template_is_near_goes_as_asked(interpreter):
-    read = interpreter('Sing a song about the lamp.')
-    assert not read.changed and read.question == 'Sing a song about the lamp.' and read.similarity < MIN_SIMILARITY
+@pytest.mark.parametrize('asked', ['Sing a song about the lamp.', 'Turn off the lamp.'])
+def test_a_request_no_template_covers_goes_as_asked(interpreter, asked):
+    """Not read as the nearest template ('Turn off the lamp.' was read as an inspection by nearest rendering)."""
+    read = interpreter(asked)
+    assert not read.changed and read.question == asked
+    assert read.similarity < MIN_SIMILARITY or read.probability < MIN_PROBABILITY
 
 
 def test_threshold_leaves_no_training_wording_misread(interpreter):
-    """Each training paraphrase, left out of the exemplars, is read as its own template or not read at all:
-    the threshold admits no wrong reading (how MIN_SIMILARITY was chosen), and still reads nearly all of them."""
-    fill = {'a': 'lamp', 'b': 'table', 'c': 'chair', 'p': 'lamps'}
-    rows = [(i, k, w.format(**fill)) for i, t in enumerate(TEMPLATES) for k, w in enumerate(t.wordings)]
-    emb = interpreter._encoder.encode([w for *_, w in rows], normalize_embeddings=True, convert_to_tensor=True)
+    """Each training paraphrase, left out of the exemplars (and the classifier refitted without it), is read as its
+    own template or not read at all: the thresholds admit no wrong reading (how MIN_PROBABILITY and MIN_SIMILARITY
+    were chosen), and still read 9 in 10 of them."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels, emb, _ = interpreter._exemplars
+    rows = [(i, k) for i, t in enumerate(TEMPLATES) for k in range(len(t.wordings))]
     read_right = left_out = 0
-    for j, (i, k, w) in enumerate(rows):
+    for j, (i, k) in enumerate(rows):
         if k == 0:  # the template itself is asked as it is
             continue
         left_out += 1
-        others = [m for m, (o, _, _) in enumerate(rows) if m != j and TEMPLATES[o].fields == TEMPLATES[i].fields]
-        sims = (emb[others] @ emb[j]).tolist()
-        best = max(range(len(sims)), key=sims.__getitem__)
-        if sims[best] >= MIN_SIMILARITY:
-            assert rows[others[best]][0] == i, f'{w!r} read as {TEMPLATES[rows[others[best]][0]].text!r}'
+        keep = [m for m in range(len(rows)) if m != j]
+        clf = LogisticRegression(C=100.0, max_iter=5000).fit(emb[keep], [labels[m] for m in keep])
+        fits = [o for o, t in enumerate(TEMPLATES) if t.fields == TEMPLATES[i].fields]
+        proba = dict(zip(clf.classes_.tolist(), clf.predict_proba(emb[j][None])[0].tolist()))
+        best = max(fits, key=proba.__getitem__)
+        probability = proba[best] / sum(proba[o] for o in fits)
+        similarity = max(float(emb[m] @ emb[j]) for m in keep if labels[m] in fits)
+        if probability >= MIN_PROBABILITY and similarity >= MIN_SIMILARITY:
+            assert best == i, f'{TEMPLATES[i].wordings[k]!r} read as {TEMPLATES[best].text!r}'
             read_right += 1
-    assert read_right >= left_out - 2
+    assert read_right >= 0.9 * left_out
+
+
+@pytest.mark.parametrize('asked, meant', [
+    ('Is a lamp anywhere around?', 'Is there a lamp in the room?'),
+    ('Carry the lamp over onto the table.', 'Bring the lamp to the table.'),
+    ('Stow the lamp inside the shelf.', 'Put the lamp into the shelf.'),
+])
+def test_words_that_tell_templates_apart_decide(interpreter, asked, meant):
+    """'onto' / 'into' and 'a lamp' / 'the lamp' decide the template although the sentences are near (the nearest
+    rendering read the first as 'Where is the lamp?')."""
+    assert interpreter(asked).question == meant
+
+
+def test_object_words_are_read_as_placeholders():
+    assert placeholder_form('Can you find a black lamp anywhere?', CLASSES) == 'can you find a object anywhere'
+    assert placeholder_form('Count the trash cans by the shelf.', CLASSES) == 'count the objects by the object'
