@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from r3d_ros.question_intent import (
+    MIN_AGREEING_SIMILARITY,
     MIN_PROBABILITY,
     MIN_SIMILARITY,
     TEMPLATES,
@@ -63,7 +64,7 @@ def test_a_request_no_template_covers_goes_as_asked(interpreter, asked):
 def test_threshold_leaves_no_training_wording_misread(interpreter):
     """Each training paraphrase, left out of the exemplars (and the classifier refitted without it), is read as its
     own template or not read at all: the thresholds admit no wrong reading (how MIN_PROBABILITY and MIN_SIMILARITY
-    were chosen), and still read 9 in 10 of them."""
+    were chosen), and still read nearly all of them."""
     from sklearn.linear_model import LogisticRegression
 
     labels, emb, _ = interpreter._exemplars
@@ -79,17 +80,19 @@ def test_threshold_leaves_no_training_wording_misread(interpreter):
         proba = dict(zip(clf.classes_.tolist(), clf.predict_proba(emb[j][None])[0].tolist()))
         best = max(fits, key=proba.__getitem__)
         probability = proba[best] / sum(proba[o] for o in fits)
-        similarity = max(float(emb[m] @ emb[j]) for m in keep if labels[m] in fits)
-        if probability >= MIN_PROBABILITY and similarity >= MIN_SIMILARITY:
+        similarity, nearest = max((float(emb[m] @ emb[j]), labels[m]) for m in keep if labels[m] in fits)
+        sure = probability >= MIN_PROBABILITY and similarity >= MIN_SIMILARITY
+        if sure or (nearest == best and similarity >= MIN_AGREEING_SIMILARITY):
             assert best == i, f'{TEMPLATES[i].wordings[k]!r} read as {TEMPLATES[best].text!r}'
             read_right += 1
-    assert read_right >= 0.9 * left_out
+    assert read_right >= left_out - 2
 
 
 @pytest.mark.parametrize('asked, meant', [
     ('Is a lamp anywhere around?', 'Is there a lamp in the room?'),
     ('Carry the lamp over onto the table.', 'Bring the lamp to the table.'),
     ('Stow the lamp inside the shelf.', 'Put the lamp into the shelf.'),
+    ('Do you know where the lamp is?', 'Where is the lamp?'),   # unsure, but its nearest wording agrees
 ])
 def test_words_that_tell_templates_apart_decide(interpreter, asked, meant):
     """'onto' / 'into' and 'a lamp' / 'the lamp' decide the template although the sentences are near (the nearest

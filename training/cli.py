@@ -10,6 +10,7 @@
     r3d-train binding  --data DIR --model runs/sft/final --split val      # which object slot each <obj_k> picks
     r3d-train ceiling  --data DIR --model runs/sft/final --split test     # what perfect references would reach
     r3d-train classes  --data DIR --model runs/sft/final --output-dir runs/sft/classes   # fit the shape class head
+    r3d-train views    --data DIR --split train --mode selected --workers 2   # render a split's views once
 
 Configs are YAML (``training/configs/*.yaml`` by name, or a path); ``--set a.b=value`` overrides any key.
 Under ``accelerate launch --config_file training/accelerate/<setup>.yaml -m training.cli ...`` the same
@@ -26,6 +27,8 @@ import json
 import os
 from pathlib import Path
 import sys
+
+from training.data import VIEW_MODES
 
 
 def _common(p: argparse.ArgumentParser, default_config: str):
@@ -82,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--swap-scenes', action='store_true',
                    help='control run: give every question the point cloud of another scene of the split (a model '
                         'that reads the scene should lose accuracy; one that answers from priors will not)')
+    p.add_argument('--views', choices=VIEW_MODES, default='selected',
+                   help="what a model with a view tower sees (a model without one sees none): the question's "
+                        'selected views, as the reasoner feeds it, one ring of views, or none (the ablation)')
+
+    p = sub.add_parser('views', help="render a split's views once for training and evaluation (training.data."
+                                     'SceneViews; ~0.3 s a question on one core)')
+    p.add_argument('--data', required=True, help='dataset directory')
+    p.add_argument('--split', required=True, choices=('train', 'val', 'test', 'test_paraphrase'))
+    p.add_argument('--mode', choices=VIEW_MODES[:2], default='selected')
+    p.add_argument('--num-views', type=int, default=6)
+    p.add_argument('--size', type=int, default=64, help="pixels (the tiny model's view tower reads 64)")
+    p.add_argument('--workers', type=int, default=1)
 
     p = sub.add_parser('select', help='pick a checkpoint on the val split by the reward-aligned metrics')
     p.add_argument('checkpoints', nargs='+', help='candidate R3D checkpoint directories (e.g. the SFT model first, '
@@ -202,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(run_grpo(cfg, args.output_dir, resume=args.resume))
         _end_distributed()
     elif args.command == 'evaluate':
-        from training.data import LapClouds, SceneClouds, load_records, split_path
+        from training.data import LapClouds, SceneClouds, SceneViews, load_records, split_path
         from training.evaluate import evaluate, markdown_table
 
         records = load_records(split_path(args.data, args.split), args.limit)
@@ -215,10 +230,14 @@ def main(argv: list[str] | None = None) -> int:
             ids = sorted({r.scene_id for r in records})
             other = dict(zip(ids, ids[1:] + ids[:1]))
             clouds = _Swapped(clouds, other)
+        views = None
+        if args.views != 'none':
+            views = SceneViews(args.data, args.views)
+            views.load(args.split)
         res = evaluate(records, clouds, None if args.prior else args.model, train,
                        args.batch_size, args.max_new_tokens, args.device, args.encoder,
                        predictions_path=out.with_suffix('.predictions.jsonl'), regenerations=args.regenerations,
-                       grammar=args.grammar, interpret=args.interpret, shapes=args.shapes)
+                       grammar=args.grammar, interpret=args.interpret, shapes=args.shapes, views=views)
         from training.evaluate import _metrics_module
 
         impl = 'r3d_ros.evaluation.metrics' if _metrics_module() is not None else 'training.evaluate (fallback)'
@@ -227,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                                    'swap_scenes': args.swap_scenes,
                                    'regenerations': args.regenerations, 'grammar': args.grammar,
                                    'interpret': args.interpret, 'shapes': args.shapes,
-                                   'results': res}, indent=2))
+                                   'views': res.pop('views', 'none'), 'results': res}, indent=2))
         print(markdown_table({name: res}))
+    elif args.command == 'views':
+        from training.data import SceneViews
+
+        print(SceneViews(args.data, args.mode, args.num_views, args.size).build(args.split, args.workers))
     elif args.command == 'select':
         from training.data import SceneClouds, load_records, split_path
         from training.evaluate import select_checkpoint

@@ -136,6 +136,98 @@ class LapClouds:
         return np.concatenate([cloud, labels[:, None].astype(np.float32), classes[:, None]], axis=1)
 
 
+#: where a model with a view tower gets its views (issue 22's ablation): the question's selected views (3D-R1
+#: Eq. 6-7, as the reasoner picks them), the same ring of views for every question, or none
+VIEW_MODES = ('selected', 'ring', 'none')
+
+
+class SceneViews:
+    """Rendered views (RGB uint8 + depth metres) per (scene, question), as the reasoner feeds a model with a view
+    tower: ``k`` views of ``size`` px of the whole scene cloud (the map the reasoner would hold), the selector's
+    top k for the question (``mode='selected'``) or one ring of k (``'ring'``). Rendering and scoring take about
+    0.3 s a question on one core, so ``build`` renders a split once (worker processes) into
+    ``DIR/views/<mode>-<k>x<size>-<split>.npz`` and later runs read it; a question not in it is rendered then."""
+
+    def __init__(self, data_dir: str | Path, mode: str = 'selected', k: int = 6, size: int = 64):
+        if mode not in VIEW_MODES[:2]:
+            raise ValueError(f'views: mode {mode!r} is not one of {VIEW_MODES[:2]}')
+        self.data_dir, self.mode, self.k, self.size = Path(data_dir), mode, int(k), int(size)
+        self._views: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def cache_path(self, split: str) -> Path:
+        return self.data_dir / 'views' / f'{self.mode}-{self.k}x{self.size}-{split}.npz'
+
+    def key(self, scene_id: str, question: str) -> str:
+        return scene_id if self.mode == 'ring' else f'{scene_id}\t{question}'
+
+    @functools.cached_property
+    def selector(self):
+        from r3d_ros.views import ViewSelector, ViewSelectorConfig
+
+        return ViewSelector(ViewSelectorConfig(top_k=self.k, image_size=self.size))
+
+    def render(self, scene_id: str, question: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb (k, S, S, 3) uint8, depth (k, S, S) float16) for one question."""
+        from r3d_ros.scenes.dataset import read_scene
+
+        scene = read_scene(self.data_dir / 'scenes' / f'{scene_id}.npz')
+        views = (self.selector.ring(scene.points, scene.colors, self.k) if self.mode == 'ring' else
+                 self.selector.select(scene.points, scene.colors, question, self.k).views)
+        return np.stack([v.rgb for v in views]), np.stack([v.depth for v in views]).astype(np.float16)
+
+    def __call__(self, scene_id: str, question: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The views as the processor takes them: k RGB images and k depth maps."""
+        key = self.key(scene_id, question)
+        if key not in self._views:
+            self._views[key] = self.render(scene_id, question)
+        rgb, depth = self._views[key]
+        return list(rgb), [d.astype(np.float32) for d in depth]
+
+    def load(self, split: str) -> bool:
+        path = self.cache_path(split)
+        if not path.exists():
+            return False
+        with np.load(path, allow_pickle=False) as z:
+            self._views.update({k: (r, d) for k, r, d in zip(z['keys'].tolist(), z['rgb'], z['depth'])})
+        return True
+
+    def build(self, split: str, workers: int = 1, progress: bool = True) -> Path:
+        """Render every question of ``split`` (or every scene, for rings) into its cache file."""
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        pairs = {self.key(r.scene_id, r.question): (r.scene_id, r.question)
+                 for r in load_records(split_path(self.data_dir, split))}
+        keys = list(pairs)
+        with ProcessPoolExecutor(workers, initializer=_one_thread) as pool:
+            rendered = list(tqdm(pool.map(_render_views, [(self.data_dir, self.mode, self.k, self.size, *pairs[k])
+                                                          for k in keys], chunksize=8),
+                                 total=len(keys), desc=f'{self.mode} views, {split}', disable=not progress))
+        path = self.cache_path(split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, keys=np.array(keys), rgb=np.stack([r for r, _ in rendered]),
+                 depth=np.stack([d for _, d in rendered]))
+        return path
+
+
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _render_views(job) -> tuple[np.ndarray, np.ndarray]:
+    data_dir, mode, k, size, scene_id, question = job
+    return _views_of(data_dir, mode, k, size).render(scene_id, question)
+
+
+@functools.lru_cache(maxsize=2)
+def _views_of(data_dir, mode, k, size) -> SceneViews:
+    """One SceneViews (its selector loaded once) per worker process."""
+    return SceneViews(data_dir, mode, k, size)
+
+
 def _boxes_json(boxes: list[dict]) -> str:
     return json.dumps(boxes or [])
 
@@ -167,14 +259,18 @@ def to_dataset(rows: list[dict]):
 
 
 class SceneCollator:
-    """SFT collator: rows -> processor batch (input_ids, attention_mask, point_clouds, labels on the completion)."""
+    """SFT collator: rows -> processor batch (input_ids, attention_mask, point_clouds, labels on the completion;
+    with ``views``, each question's rendered views and depths for the model's view tower)."""
 
-    def __init__(self, processor, clouds: SceneClouds, max_length: int | None = None):
-        self.processor, self.clouds, self.max_length = processor, clouds, max_length
+    def __init__(self, processor, clouds: SceneClouds, max_length: int | None = None, views: SceneViews | None = None):
+        self.processor, self.clouds, self.max_length, self.views = processor, clouds, max_length, views
 
     def __call__(self, rows: list[dict]) -> dict:
+        rendered = [self.views(r['scene_id'], r['question']) for r in rows] if self.views is not None else None
         batch = self.processor(questions=[r['question'] for r in rows],
                                point_clouds=[self.clouds[r['scene_id']] for r in rows],
+                               views=[v for v, _ in rendered] if rendered else None,
+                               depths=[d for _, d in rendered] if rendered else None,
                                targets=[r['completion'] for r in rows],
                                target_objects=[json.loads(r.get('objects') or '[]') for r in rows])
         if self.max_length is not None and batch['input_ids'].shape[1] > self.max_length:

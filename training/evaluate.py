@@ -166,12 +166,14 @@ def prior_completions(train: Sequence[QARecord], records: Sequence[QARecord]) ->
 
 def generate_completions(model, processor, records: Sequence[QARecord], clouds, batch_size: int = 16,
                          max_new_tokens: int = 256, device: str = 'cpu', progress: bool = True,
-                         regenerations: int = 0, grammar: bool = True) -> tuple[list[str], list[str], list[dict]]:
+                         regenerations: int = 0, grammar: bool = True,
+                         views=None) -> tuple[list[str], list[str], list[dict]]:
     """Completions decoded as the reasoner decodes them, batched, left-padded: (as the model wrote them, grounded
     on the scene's object records, the answer dicts the reasoner would publish). Greedy first; the refused ones
     (ungrounded, invalid plan) are sampled again up to ``regenerations`` times, as the reasoner retries them
     (its ``regenerations`` parameter; batched here, so the samples are not the node's bit for bit). ``grammar``:
-    decoding held to the grounded grammar (``r3d_ros.grammar_decoding``), as the reasoner decodes by default."""
+    decoding held to the grounded grammar (``r3d_ros.grammar_decoding``), as the reasoner decodes by default.
+    ``views`` (``training.data.SceneViews``): each question's rendered views, for a model with a view tower."""
     from tqdm.auto import tqdm
 
     from training.grpo import placeholder_token_ids
@@ -186,7 +188,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
                       disable=not progress):
             idx = todo[s:s + batch_size]
             decoded = _decode_batch(model, processor, [records[i] for i in idx], clouds, max_new_tokens, device,
-                                    suppress, attempt or None, grammar)
+                                    suppress, attempt or None, grammar, views)
             for i, (r, g, a) in zip(idx, decoded):
                 raw[i], out[i], answers[i] = r, g, a
         todo = [i for i in todo if answers[i].get('status', 'ok') != 'ok']
@@ -196,14 +198,18 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
 
 
 def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_tokens: int, device: str,
-                  suppress: list[int], seed: int | None, grammar: bool = True) -> list[tuple[str, str, dict]]:
+                  suppress: list[int], seed: int | None, grammar: bool = True,
+                  views=None) -> list[tuple[str, str, dict]]:
     """One batch, greedy (``seed`` None) or sampled: per record (as written, grounded, the published answer)."""
     import torch
     from transformers import LogitsProcessorList
 
     from r3d_ros.pipeline import decoding_kwargs, grounded_answer
 
-    batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk])
+    rendered = [views(r.scene_id, r.question) for r in chunk] if views is not None else None
+    batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk],
+                      views=[v for v, _ in rendered] if rendered else None,
+                      depths=[d for _, d in rendered] if rendered else None)
     batch = {k: v.to(device) for k, v in batch.items()}
     refs = getattr(processor, 'object_refs', False)
     probs = model.object_class_probs(batch['point_clouds']) if refs else None
@@ -242,11 +248,14 @@ def on_shape(processor, predictions: Path) -> dict[str, float]:
 def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | None = None,
              train_records: Sequence[QARecord] | None = None, batch_size: int = 16, max_new_tokens: int = 256,
              device: str = 'cpu', encoder: str = 'minilm', predictions_path: str | Path | None = None,
-             regenerations: int = 0, grammar: bool = True, interpret: bool = True, shapes: bool = True) -> dict:
+             regenerations: int = 0, grammar: bool = True, interpret: bool = True, shapes: bool = True,
+             views=None) -> dict:
     """Score a checkpoint (``model_path``) or, without one, the answer-prior baseline (needs ``train_records``);
     ``regenerations``: sampled retries of refused answers, ``interpret``: questions read as the nearest trained
     template (``r3d_ros.question_intent``), as the reasoner's parameters of those names; ``shapes``: decoding
-    held to the model's answer shapes when it has them (``r3d_ros.answer_shapes``)."""
+    held to the model's answer shapes when it has them (``r3d_ros.answer_shapes``); ``views``
+    (``training.data.SceneViews``): what a model with a view tower sees (a model without one sees none; the
+    result's ``views`` says which)."""
     if model_path is None:
         completions = prior_completions(train_records or [], records)
         raw, answers, with_format = completions, [answer_of_completion(c) for c in completions], False
@@ -258,17 +267,19 @@ def evaluate(records: Sequence[QARecord], clouds=None, model_path: str | Path | 
         if not shapes:
             processor.answer_shapes = {}
         asked = interpreted(records, model.config.object_class_names) if interpret else records
+        views = views if model.config.use_views else None
         raw, completions, answers = generate_completions(model, processor, asked, clouds, batch_size,
                                                          max_new_tokens, device, regenerations=regenerations,
-                                                         grammar=grammar)
+                                                         grammar=grammar, views=views)
         with_format = True
     if predictions_path is not None:
         with open(predictions_path, 'w', encoding='utf-8') as f:
             for r, w, c, a in zip(records, raw, completions, answers):
                 f.write(json.dumps({'scene_id': r.scene_id, 'task': r.task, 'question': r.question,
                                     'reference': r.cot, 'written': w, 'completion': c, 'answer': a}) + '\n')
-    return score(records, completions, with_format=with_format, encoder=encoder, answers=answers,
-                 clouds=clouds if model_path is not None else None)
+    res = score(records, completions, with_format=with_format, encoder=encoder, answers=answers,
+                clouds=clouds if model_path is not None else None)
+    return {**res, 'views': views.mode if model_path is not None and views is not None else 'none'}
 
 
 def interpreted(records: Sequence[QARecord], classes) -> list[QARecord]:

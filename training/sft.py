@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.config import last_checkpoint, make_log_callback, make_processor_saver
-from training.data import SceneClouds, SceneCollator, load_records, sft_rows, split_path, to_dataset
+from training.data import SceneClouds, SceneCollator, SceneViews, load_records, sft_rows, split_path, to_dataset
 from training.modeling import load_model_and_processor, save_model
 
 #: trl/transformers arguments this pipeline relies on, whatever the YAML says
@@ -40,6 +40,13 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
     val_path = split_path(data['dir'], 'val')
     val = load_records(val_path, data.get('max_eval'), tasks) if val_path.exists() and data.get('max_eval') else None
     clouds = SceneClouds(data['dir'], data.get('max_points', 8192), segment=processor.num_object_tokens > 0)
+    views = None
+    if data.get('views'):  # 'selected' | 'ring': rendered views for the view tower (training.data.SceneViews)
+        if not getattr(model.config, 'use_views', False):
+            raise ValueError("data.views needs a model with a view tower (model.with_views: true)")
+        views = SceneViews(data['dir'], data['views'], int(data.get('num_views', 6)), processor.image_size)
+        for split in ('train', 'val'):
+            views.load(split)   # built beforehand by `r3d-train views`; a question not in them is rendered now
     args = SFTConfig(output_dir=str(output_dir), report_to='none', **{**cfg.get('train', {}), **_FORCED})
     class SceneSFTTrainer(SFTTrainer):
         """trl's SFTTrainer + the object-class loss of models with an object-class head (set by the model's
@@ -75,7 +82,7 @@ def build_sft_trainer(cfg: dict, output_dir: str | Path):
     trainer = SceneSFTTrainer(model=model, args=args, train_dataset=to_dataset(sft_rows(train)),
                          eval_dataset=to_dataset(sft_rows(val)) if val else None,
                          processing_class=processor.tokenizer,
-                         data_collator=SceneCollator(processor, clouds, data.get('max_length')),
+                         data_collator=SceneCollator(processor, clouds, data.get('max_length'), views),
                          callbacks=[make_log_callback(output_dir / 'log.jsonl'), make_processor_saver(processor)])
     return trainer, processor
 

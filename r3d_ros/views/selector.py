@@ -198,6 +198,23 @@ class ViewSelector:
                                 voxel_weight=voxel_weight, region_centres=centres, region_relevance=relevance)
 
     # -- selection ---------------------------------------------------------------------------
+    def _full_views(self, points, colors, poses, indices, scores) -> list[SelectedView]:
+        """``poses`` rendered at the output size from the map (thinned to ``max_points``)."""
+        points, colors = _thin(np.asarray(points, np.float32), np.asarray(colors, np.uint8), self.config.max_points)
+        full = self._render(torch.as_tensor(np.ascontiguousarray(points), device=self.device),
+                            torch.as_tensor(np.ascontiguousarray(colors), device=self.device), poses,
+                            self.out_intrinsics)
+        return [SelectedView(index=int(i), pose=poses[j], rgb=full.rgb[j].cpu().numpy(),
+                             depth=full.depth[j].cpu().numpy(), scores=scores[j]) for j, i in enumerate(indices)]
+
+    @torch.no_grad()
+    def ring(self, points: np.ndarray, colors: np.ndarray, k: int | None = None) -> list[SelectedView]:
+        """``k`` views on one ring around the map, the same whatever the question: the baseline selection is
+        measured against (the official 3D-R1 code's fixed ring, inside the room as ``ring_poses`` explains)."""
+        k = k or self.config.top_k
+        poses = ring_poses(points, k, self.config.ring_heights[:1], self.config.ring_radii[-1:])
+        return self._full_views(points, colors, poses, range(k), [{} for _ in range(k)])
+
     def soft_select(self, scored: ScoredCandidates, k: int | None = None, temperature: float = 0.1) -> torch.Tensor:
         """Differentiable selection (``scoring.soft_select``): per-candidate view weights summing to k. Weight
         the candidates' features by them and the task loss reaches w_t, w_c and w_clip."""
@@ -211,13 +228,7 @@ class ViewSelector:
         k = k or self.config.top_k
         s = self.score(points, colors, question, objects=objects)
         chosen, rows = greedy_select(self.weights, s.text, s.clip, s.seen, s.voxel_weight, k)
-        full_points, full_colors = _thin(np.asarray(points, np.float32), np.asarray(colors, np.uint8),
-                                         self.config.max_points)
-        full = self._render(torch.as_tensor(np.ascontiguousarray(full_points), device=self.device),
-                            torch.as_tensor(np.ascontiguousarray(full_colors), device=self.device),
-                            s.poses[chosen], self.out_intrinsics)
-        views = [SelectedView(index=i, pose=s.poses[i], rgb=full.rgb[j].cpu().numpy(),
-                              depth=full.depth[j].cpu().numpy(), scores=rows[j]) for j, i in enumerate(chosen)]
+        views = self._full_views(points, colors, s.poses[chosen], chosen, rows)
         alone = marginal_coverage(s.seen, s.voxel_weight, torch.zeros_like(s.voxel_weight))
         total = self.weights(s.text, alone, s.clip)
         return ViewSelection(views=views, candidates=s.poses, kinds=s.kinds, intrinsics=self.out_intrinsics,
