@@ -55,7 +55,7 @@ def test_paper_defaults_in_configs():
 
 
 def test_help_of_every_command():
-    for cmd in ('sft', 'grpo', 'evaluate', 'table', 'select', 'compare', 'classes'):
+    for cmd in ('sft', 'grpo', 'evaluate', 'table', 'select', 'compare', 'classes', 'views'):
         assert '--' in run(cmd, '--help')
 
 
@@ -137,6 +137,35 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     assert [c['checkpoint'] for c in sel['candidates']] == [str(final), str(grpo_dir / 'final')]
     assert sel['chosen'] == max(sel['candidates'], key=lambda c: c['score'])['checkpoint']
     assert (grpo_dir / 'selected').resolve() == Path(sel['chosen']).resolve()
+
+
+def test_views_rendered_once_then_trained_on_and_evaluated_with(toy_dir, tmp_path):
+    """The view-tower path end to end: a split's views rendered into their cache, an SFT model with a view tower
+    trained on them, and evaluated with the question's selected views, a ring, or none (issue 22's ablation)."""
+    import numpy as np
+
+    for split, mode in (('train', 'ring'), ('test', 'selected')):
+        cache = Path(run('views', '--data', str(toy_dir), '--split', split, '--mode', mode).strip().splitlines()[-1])
+        with np.load(cache) as z:
+            keys, rgb, depth = z['keys'], z['rgb'], z['depth']
+        assert rgb.shape[1:] == (6, 64, 64, 3) and depth.shape[1:] == (6, 64, 64) and len(keys) == len(rgb)
+        assert rgb.std() > 0 and (depth > 0).any()   # rendered scenes, not blank images
+    model_dir = tmp_path / 'sft_views'
+    run('sft', '--config', 'tiny_sft_pointer', '--data', str(toy_dir), '--output-dir', str(model_dir), *SMALL,
+        '--set', 'train.max_steps=2', '--set', 'model.with_views=true', '--set', 'data.views=ring')
+    assert R3DForConditionalGeneration.from_pretrained(str(model_dir / 'final')).config.use_views
+    for views in ('selected', 'ring', 'none'):
+        out = tmp_path / f'{views}.json'
+        run('evaluate', '--data', str(toy_dir), '--model', str(model_dir / 'final'), '--views', views,
+            '--out', str(out), '--limit', '2', '--max-new-tokens', '8')
+        assert json.loads(out.read_text())['views'] == views
+    # a model without a view tower is evaluated on what it reads: no views, whatever was asked
+    run('sft', '--config', 'tiny_sft_pointer', '--data', str(toy_dir), '--output-dir', str(tmp_path / 'plain'),
+        *SMALL, '--set', 'train.max_steps=1')
+    out = tmp_path / 'plain.json'
+    run('evaluate', '--data', str(toy_dir), '--model', str(tmp_path / 'plain' / 'final'), '--views', 'selected',
+        '--out', str(out), '--limit', '2', '--max-new-tokens', '8')
+    assert json.loads(out.read_text())['views'] == 'none'
 
 
 def test_paired_comparison_by_hand():
