@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+import re
 import threading
 import time
 
@@ -26,6 +27,10 @@ STATUS_INVALID_PLAN = 'invalid_plan'
 #: the answer refers to an object the map does not have (or states a fact that cannot be looked up): nothing of
 #: it is published but the reason
 STATUS_UNGROUNDED = 'ungrounded'
+#: the question asks about an object of a class the map has no record of ("Where is the sofa?" in a room mapped
+#: without one): the answer says so and nothing else goes out, rather than the model naming another object
+STATUS_NOT_FOUND = 'not_found'
+_ASKS_EXISTENCE = re.compile(r'^\s*(is|are) there\b', re.IGNORECASE)
 
 
 class PipelineError(RuntimeError):
@@ -257,6 +262,12 @@ class ScenePipeline:
         timings['generate_s'] = timings['grounding_s'] = 0.0
         self._view_encoding_s = 0.0
         objects = self._object_records(batch['point_clouds'])
+        refusal = objects is not None and not_found_answer(question, objects[2], self.processor.class_names)
+        if refusal:   # no generation: whatever the model wrote would name another object
+            timings['view_encoding_s'] = 0.0
+            result.objects, result.status, result.message = refusal['objects'], refusal['status'], refusal['message']
+            result.think, result.answer_text = refusal['think'], refusal['answer_text']
+            return
         for attempt in range(1 + self.regenerations):
             # greedy first; a refused answer (ungrounded, invalid plan) is decoded again with sampling, seeded so
             # that the same question on the same map gets the same retries
@@ -335,6 +346,36 @@ class ScenePipeline:
         errors = plan_errors(result.plan, objects, points)
         if errors:
             result.status, result.message = STATUS_INVALID_PLAN, '; '.join(errors)
+
+
+def not_in_map(question: str, records, class_names) -> list[str]:
+    """The object phrases of ``question`` whose class no record has, when the question takes the object to exist:
+    not an existence question ("Is there a sofa?", answered from the records), and singular phrases only (a
+    plural is counted, and none is an answer). Colour aside: a chair of another colour is still a chair, and the
+    grammar keeps to the asked colour when the map has it."""
+    from r3d_ros.answer_shapes import class_word, question_phrases
+    from r3d_ros.grounding import label_text, plural
+
+    if _ASKS_EXISTENCE.match(question):
+        return []
+    plurals = {plural(c) for c in class_names}
+    have = {label_text(r.label) for r in records}
+    return [p for p in question_phrases(question, class_names) if p not in plurals and class_word(p) not in have]
+
+
+def not_found_answer(question: str, records, class_names) -> dict | None:
+    """The ``answer`` JSON of a question about objects of classes the map has no record of (:func:`not_in_map`):
+    status ``not_found``, 'I see no sofa in the map.', nothing else; None when the map has them all. One rule
+    for the reasoner and the evaluation."""
+    from r3d_ros.answer_shapes import class_word
+
+    missing = list(dict.fromkeys(class_word(p) for p in not_in_map(question, records, class_names)))
+    if not missing:
+        return None
+    message = f'the map has no object of the asked class ({", ".join(missing)})'
+    return {'status': STATUS_NOT_FOUND, 'message': message, 'think': message.capitalize() + '.',
+            'answer_text': f'I see no {" or ".join(missing)} in the map.', 'facts': [], 'boxes': [], 'plan': [],
+            'objects': [r.to_dict() for r in records]}
 
 
 def decoding_kwargs(seed: int | None) -> dict:

@@ -56,7 +56,7 @@ class Reasoner:
             if 'no map' not in got['message']:
                 break
             time.sleep(0.5)
-        assert got['status'] in ('ok', 'invalid_plan', 'ungrounded'), got
+        assert got['status'] in ('ok', 'invalid_plan', 'ungrounded', 'not_found'), got
 
     def ask_json(self, qid: str, question: str, timeout: float = 60.0) -> dict:
         self.query.publish(String(data=json.dumps({'id': qid, 'question': question})))
@@ -189,7 +189,7 @@ def test_cancel_mid_decoding_and_while_queued(launch_node, ros_node):
     assert max(latencies) < CANCEL_LATENCY_S, latencies
     assert max(queued_latencies) < CANCEL_LATENCY_S, queued_latencies
     # and the node still answers
-    assert r.ask_json('after', QUESTIONS[0])['status'] in ('ok', 'invalid_plan', 'ungrounded')
+    assert r.ask_json('after', QUESTIONS[0])['status'] in ('ok', 'invalid_plan', 'ungrounded', 'not_found')
     assert r.proc.alive()
 
 
@@ -213,11 +213,11 @@ def test_a_flood_of_100_goals_never_hangs(launch_node, ros_node):
     assert len(accepted) + len(rejected) == 100
     assert len(accepted) >= queue_size + 1 and rejected
     assert all(s in (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED) for s in statuses), statuses
-    assert all(a in ('ok', 'invalid_plan', 'ungrounded', 'busy') for a in answers), answers
+    assert all(a in ('ok', 'invalid_plan', 'ungrounded', 'not_found', 'busy') for a in answers), answers
     # a rejected goal's reason is on `answer`, under its id
     why = r.json_record(f'flood{rejected[-1]}', timeout=10)
     assert why['status'] == 'busy' and f'{queue_size} queries already waiting' in why['message'], why
-    assert r.ask_json('after', QUESTIONS[0])['status'] in ('ok', 'invalid_plan', 'ungrounded')
+    assert r.ask_json('after', QUESTIONS[0])['status'] in ('ok', 'invalid_plan', 'ungrounded', 'not_found')
     assert r.proc.alive()
 
 

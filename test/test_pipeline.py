@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from r3d_ros.pipeline import STATUS_ERROR, STATUS_OK, STATUS_UNGROUNDED, ScenePipeline, default_model_path
+from r3d_ros.pipeline import (
+    STATUS_ERROR,
+    STATUS_NOT_FOUND,
+    STATUS_OK,
+    STATUS_UNGROUNDED,
+    ScenePipeline,
+    default_model_path,
+)
 
 torch.set_num_threads(1)
 
@@ -23,7 +30,7 @@ def _scene(n=2000, seed=0):
 
 def test_answers_with_timings_and_streams_tokens(pipe):
     pieces = []
-    res = pipe.answer(*_scene(), 'Where is the lamp?', query_id='a', on_text=pieces.append)
+    res = pipe.answer(*_scene(), 'How many lamps are in the room?', query_id='a', on_text=pieces.append)
     assert res.id == 'a' and res.timings['new_tokens'] > 0 and res.timings['generate_s'] > 0
     assert res.map_points == len(_scene()[0])  # the answer says which map it was computed on
     assert ''.join(pieces).strip() and res.raw
@@ -58,9 +65,9 @@ def test_gpu_out_of_memory_is_reported_and_the_next_query_still_runs(pipe, monke
         return real(*a, **kw)
 
     monkeypatch.setattr(pipe.model, 'generate', oom_once)
-    first = pipe.answer(*_scene(), 'Where is the lamp?')
+    first = pipe.answer(*_scene(), 'How many lamps are in the room?')
     assert first.status == STATUS_ERROR and 'GPU out of memory' in first.message
-    after = pipe.answer(*_scene(), 'Where is the lamp?')   # answered (24 tokens: whole, or refused as cut off)
+    after = pipe.answer(*_scene(), 'How many lamps are in the room?')   # 24 tokens: whole, or refused as cut off
     assert after.status in (STATUS_OK, STATUS_UNGROUNDED) and 'memory' not in after.message, after.message
 
 
@@ -91,13 +98,30 @@ def test_a_refused_answer_is_decoded_again_and_the_grounded_retry_published(pipe
     assert res.facts and res.facts[0]['fact'] == 'count'
 
 
+def test_a_question_about_an_object_the_map_lacks_says_so_and_nothing_else(pipe, monkeypatch):
+    """The model is not asked (it would name another object: 'Bring the sofa to the table' brought the bed to the
+    cabinet); an existence question is still answered from the records."""
+    points, colors = _scene()
+    decoded = []
+    real = pipe._decode
+    monkeypatch.setattr(pipe, '_decode', lambda *a, **kw: decoded.append(1) or real(*a, **kw))
+    res = pipe.answer(points, colors, 'Where is the red sofa?')
+    assert 'sofa' not in {o['label'] for o in res.objects}    # the random cloud's records hold no sofa
+    assert res.status == STATUS_NOT_FOUND and res.answer_text == 'I see no sofa in the map.', res.to_dict()
+    assert 'sofa' in res.message and not res.boxes and not res.plan and not res.facts and not decoded
+    bring = pipe.answer(points, colors, 'Bring the sofa to the bed.')
+    assert bring.status == STATUS_NOT_FOUND and not bring.plan and bring.answer_text.startswith('I see no sofa')
+    exists = pipe.answer(points, colors, 'Is there a sofa in the room?')
+    assert exists.status != STATUS_NOT_FOUND and decoded
+
+
 def test_view_encoding_is_timed_and_a_checkpoint_without_a_view_tower_ignores_views(pipe):
     """The embedded checkpoint has no view tower: views are selected and reported, encoding takes 0 s. A model
     with one (tiny, random weights) gets the selected views, and their encoding time is in ``timings``."""
     from r3d_ros.model.presets import build_tiny_model_and_processor
     from r3d_ros.views import ViewSelector, ViewSelectorConfig
 
-    res = pipe.answer(*_scene(), 'Where is the lamp?')
+    res = pipe.answer(*_scene(), 'How many lamps are in the room?')
     assert not pipe.uses_views and res.views and res.timings['view_encoding_s'] == 0.0
     model, proc = build_tiny_model_and_processor(with_views=True, num_points=256)
     with_tower = ScenePipeline(model, proc, ViewSelector(ViewSelectorConfig(top_k=2)), num_views=2,

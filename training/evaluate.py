@@ -191,7 +191,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
                                     suppress, attempt or None, grammar, views)
             for i, (r, g, a) in zip(idx, decoded):
                 raw[i], out[i], answers[i] = r, g, a
-        todo = [i for i in todo if answers[i].get('status', 'ok') != 'ok']
+        todo = [i for i in todo if answers[i].get('status', 'ok') in ('ungrounded', 'invalid_plan')]
         if not todo or not getattr(processor, 'object_refs', False):
             break
     return raw, out, answers
@@ -204,7 +204,7 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
     import torch
     from transformers import LogitsProcessorList
 
-    from r3d_ros.pipeline import decoding_kwargs, grounded_answer
+    from r3d_ros.pipeline import decoding_kwargs, grounded_answer, not_found_answer
 
     rendered = [views(r.scene_id, r.question) for r in chunk] if views is not None else None
     batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk],
@@ -228,8 +228,13 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
     for i, (t, r) in enumerate(zip(texts, chunk)):
         cloud, p = batch['point_clouds'][i], None if probs is None else probs[i]
         points = np.asarray(clouds[r.scene_id])[:, :3]
+        records = processor.object_records(cloud, p)
+        refusal = not_found_answer(r.question, records, processor.class_names)
+        if refusal:   # the reasoner does not generate for it (ScenePipeline._run)
+            out.append(('', f'<think>{refusal["think"]}</think><answer>{refusal["answer_text"]}</answer>', refusal))
+            continue
         g = processor.ground(t, cloud, p, map_points=points, question=r.question)
-        out.append((t, g.text, grounded_answer(g, processor.object_records(cloud, p), points)))
+        out.append((t, g.text, grounded_answer(g, records, points)))
     return out
 
 
