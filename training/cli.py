@@ -31,6 +31,24 @@ import sys
 from training.data import VIEW_MODES
 
 
+def _views_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--views', choices=VIEW_MODES, default='selected',
+                   help="what a model with a view tower sees (a model without one sees none): the question's "
+                        "selected views, as the reasoner feeds it ('learned': with Eq. 7's fitted weights), one ring "
+                        'of views, or none (the ablation)')
+
+
+def _scene_views(args):
+    """The ``--views`` of an evaluating command, its split's rendered views loaded when they were built."""
+    from training.data import SceneViews
+
+    if args.views == 'none':
+        return None
+    views = SceneViews(args.data, args.views)
+    views.load(args.split)
+    return views
+
+
 def _common(p: argparse.ArgumentParser, default_config: str):
     p.add_argument('--config', default=default_config,
                    help=f'YAML config: a path or a bundled name (default: {default_config})')
@@ -85,15 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--swap-scenes', action='store_true',
                    help='control run: give every question the point cloud of another scene of the split (a model '
                         'that reads the scene should lose accuracy; one that answers from priors will not)')
-    p.add_argument('--views', choices=VIEW_MODES, default='selected',
-                   help="what a model with a view tower sees (a model without one sees none): the question's "
-                        'selected views, as the reasoner feeds it, one ring of views, or none (the ablation)')
+    _views_argument(p)
 
     p = sub.add_parser('views', help="render a split's views once for training and evaluation (training.data."
                                      'SceneViews; ~0.3 s a question on one core)')
     p.add_argument('--data', required=True, help='dataset directory')
     p.add_argument('--split', required=True, choices=('train', 'val', 'test', 'test_paraphrase'))
-    p.add_argument('--mode', choices=VIEW_MODES[:2], default='selected')
+    p.add_argument('--mode', choices=VIEW_MODES[:-1], default='selected')
     p.add_argument('--num-views', type=int, default=6)
     p.add_argument('--size', type=int, default=64, help="pixels (the tiny model's view tower reads 64)")
     p.add_argument('--workers', type=int, default=1)
@@ -113,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampled retries of refused answers (the reasoner's default: 2)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--encoder', default='minilm')
+    _views_argument(p)
     p.add_argument('--link', help='make this path a symlink to the chosen checkpoint')
 
     p = sub.add_parser('compare', help='paired comparison of two evaluate runs on the same split (B against A)')
@@ -217,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(run_grpo(cfg, args.output_dir, resume=args.resume))
         _end_distributed()
     elif args.command == 'evaluate':
-        from training.data import LapClouds, SceneClouds, SceneViews, load_records, split_path
+        from training.data import LapClouds, SceneClouds, load_records, split_path
         from training.evaluate import evaluate, markdown_table
 
         records = load_records(split_path(args.data, args.split), args.limit)
@@ -230,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             ids = sorted({r.scene_id for r in records})
             other = dict(zip(ids, ids[1:] + ids[:1]))
             clouds = _Swapped(clouds, other)
-        views = None
-        if args.views != 'none':
-            views = SceneViews(args.data, args.views)
-            views.load(args.split)
+        views = _scene_views(args)
         res = evaluate(records, clouds, None if args.prior else args.model, train,
                        args.batch_size, args.max_new_tokens, args.device, args.encoder,
                        predictions_path=out.with_suffix('.predictions.jsonl'), regenerations=args.regenerations,
@@ -259,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         records = load_records(split_path(args.data, args.split), args.limit)
         best = select_checkpoint(args.checkpoints, records, SceneClouds(args.data, args.max_points), args.out_dir,
                                  args.batch_size, args.max_new_tokens, args.device, args.encoder,
-                                 regenerations=args.regenerations)
+                                 regenerations=args.regenerations, views=_scene_views(args))
         if args.link:
             link = Path(args.link)
             if link.is_symlink() or link.exists():

@@ -137,20 +137,22 @@ class LapClouds:
 
 
 #: where a model with a view tower gets its views (issue 22's ablation): the question's selected views (3D-R1
-#: Eq. 6-7, as the reasoner picks them), the same ring of views for every question, or none
-VIEW_MODES = ('selected', 'ring', 'none')
+#: Eq. 6-7, as the reasoner picks them), the same with Eq. 7's fitted weights, the same ring of views for every
+#: question, or none
+VIEW_MODES = ('selected', 'learned', 'ring', 'none')
 
 
 class SceneViews:
     """Rendered views (RGB uint8 + depth metres) per (scene, question), as the reasoner feeds a model with a view
     tower: ``k`` views of ``size`` px of the whole scene cloud (the map the reasoner would hold), the selector's
-    top k for the question (``mode='selected'``) or one ring of k (``'ring'``). Rendering and scoring take about
+    top k for the question (``mode='selected'``; ``'learned'``: with Eq. 7's fitted weights) or one ring of k
+    (``'ring'``). Rendering and scoring take about
     0.3 s a question on one core, so ``build`` renders a split once (worker processes) into
     ``DIR/views/<mode>-<k>x<size>-<split>.npz`` and later runs read it; a question not in it is rendered then."""
 
     def __init__(self, data_dir: str | Path, mode: str = 'selected', k: int = 6, size: int = 64):
-        if mode not in VIEW_MODES[:2]:
-            raise ValueError(f'views: mode {mode!r} is not one of {VIEW_MODES[:2]}')
+        if mode not in VIEW_MODES[:-1]:
+            raise ValueError(f'views: mode {mode!r} is not one of {VIEW_MODES[:-1]}')
         self.data_dir, self.mode, self.k, self.size = Path(data_dir), mode, int(k), int(size)
         self._views: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -164,7 +166,8 @@ class SceneViews:
     def selector(self):
         from r3d_ros.views import ViewSelector, ViewSelectorConfig
 
-        return ViewSelector(ViewSelectorConfig(top_k=self.k, image_size=self.size))
+        return ViewSelector(ViewSelectorConfig(top_k=self.k, image_size=self.size,
+                                               learned_weights=self.mode == 'learned'))
 
     def render(self, scene_id: str, question: str) -> tuple[np.ndarray, np.ndarray]:
         """(rgb (k, S, S, 3) uint8, depth (k, S, S) float16) for one question."""

@@ -314,16 +314,17 @@ def selection_score(res: dict) -> float:
 
 def select_checkpoint(checkpoints: Sequence[str | Path], records: Sequence[QARecord], clouds, out_dir: str | Path,
                       batch_size: int = 16, max_new_tokens: int = 512, device: str = 'cpu',
-                      encoder: str = 'minilm', regenerations: int = 0) -> str:
+                      encoder: str = 'minilm', regenerations: int = 0, views=None) -> str:
     """Greedy-decode ``records`` (a val split) with every checkpoint, score them, and return the one with the
     highest :func:`selection_score` (ties go to the earlier candidate, so list the SFT model first: GRPO must
-    beat it to be chosen). Writes ``<out_dir>/<i>.json`` per candidate and ``<out_dir>/selection.json``."""
+    beat it to be chosen). Writes ``<out_dir>/<i>.json`` per candidate and ``<out_dir>/selection.json``.
+    ``views``: as :func:`evaluate`'s."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, ckpt in enumerate(checkpoints):
         res = evaluate(records, clouds, ckpt, None, batch_size, max_new_tokens, device, encoder,
-                       predictions_path=out / f'{i}.predictions.jsonl', regenerations=regenerations)
+                       predictions_path=out / f'{i}.predictions.jsonl', regenerations=regenerations, views=views)
         (out / f'{i}.json').write_text(json.dumps({'name': str(ckpt), 'results': res}, indent=2))
         row = {'checkpoint': str(ckpt), 'score': selection_score(res),
                **{k: res.get('all', {}).get(k) for k in (*SELECT_METRICS, 'Acc@0.5', 'EM', 'CIDEr')}}

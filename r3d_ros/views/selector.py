@@ -12,6 +12,7 @@ soft selection (``soft_select``, for training the weights).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ class ViewSelectorConfig:
     relevant_weight: float = 4.0
     w_text: float = 0.3
     w_coverage: float = 0.5                # w_clip = 1 - w_coverage
+    learned_weights: bool = False          # w_text, w_coverage fitted for the aligner (its selection_weights.json)
     text_encoder: str = ''                 # aligner checkpoint folder; '' = the embedded one
     clip_path: str = ''                    # CLIP/SigLIP folder for S_clip; '' = the aligner serves as CLIP
     max_points: int = 400_000              # the map is thinned beyond this for the output views
@@ -131,13 +133,24 @@ class ViewSelector:
         self.config = config or ViewSelectorConfig()
         self.device = device
         c = self.config
-        self.weights = ViewScoreWeights(c.w_text, c.w_coverage).to(device)
+        self.weights = ViewScoreWeights(*self._weights()).to(device)
         self.aligner = aligner if aligner is not None else load_aligner(c.text_encoder, device)
         if clip is None:
             clip = ClipAlignment(c.clip_path, device) if c.clip_path else AlignerAlignment(self.aligner)
         self.clip = clip
         self.out_intrinsics = Intrinsics(c.image_size, c.image_size, c.hfov_deg)
         self.score_intrinsics = Intrinsics(c.score_size, c.score_size, c.hfov_deg)
+
+    def _weights(self) -> tuple[float, float]:
+        """(w_text, w_coverage): the config's, or those ``r3d-train-aligner --fit-weights`` fitted."""
+        c = self.config
+        if not c.learned_weights:
+            return c.w_text, c.w_coverage
+        path = (Path(c.text_encoder) if c.text_encoder else ASSET_DIR) / 'selection_weights.json'
+        if not path.exists():
+            raise FileNotFoundError(f'no fitted selection weights at {path} (r3d-train-aligner --fit-weights)')
+        fitted = json.loads(path.read_text())
+        return float(fitted['w_text']), float(fitted['w_coverage'])
 
     def _render(self, points_t, colors_t, poses, intrinsics, ids=None):
         radius = max(0, round(self.config.point_radius * intrinsics.width / self.config.image_size))

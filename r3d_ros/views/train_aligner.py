@@ -9,6 +9,15 @@ scene. The embedded weights were made by
     r3d-train-aligner --out r3d_ros/assets/view_aligner            # defaults: 320 scenes (seeds 50000+), 20 epochs
 
 Held-out scenes for the selection test use seeds below 50000, so they never overlap these.
+
+``--fit-weights`` instead fits the selection weights of Eq. 7 (w_t, w_c; w_clip = 1 - w_c) for the aligner in
+``--out``: per question, every candidate is scored as the selector scores it, and the differentiable top-k
+(``scoring.soft_select``) is trained to take views that see the voxels of the objects the question names, with
+the L2 pull of w_t toward 0.3. The paper learns them through the task loss; a visibility target is what that loss
+asks of the views, at a cost this machine can pay. Written to ``selection_weights.json`` beside the aligner,
+used by a selector whose config sets ``learned_weights`` (``r3d-train evaluate --views learned``):
+
+    r3d-train-aligner --fit-weights --out r3d_ros/assets/view_aligner   # 100 scenes x 4 questions, 40 epochs
 """
 
 from __future__ import annotations
@@ -119,6 +128,73 @@ def ranking_accuracy(model: ViewTextAligner, examples) -> float:
     return hits / max(n, 1)
 
 
+def selection_examples(n_scenes: int, seed0: int, selector, per_scene: int = 4) -> list[dict]:
+    """Per question: its candidates' scores (``ViewSelector.score``) and the share of the named objects' voxels
+    each candidate sees (``target``), on the voxels the selector counts coverage on."""
+    from r3d_ros.views.scoring import voxel_ids
+
+    out = []
+    for s in range(seed0, seed0 + n_scenes):
+        scene = generate_scene(s)
+        step = max(1, int(np.ceil(len(scene.points) / selector.config.score_points)))   # as the selector thins
+        voxel, _ = voxel_ids(scene.points[::step], selector.config.coverage_voxel)
+        instance = scene.instance[::step]
+        for question, ids in object_questions(scene, s)[:per_scene]:
+            asked = np.unique(voxel[np.isin(instance, ids)])
+            if not len(asked):
+                continue
+            sc = selector.score(scene.points, scene.colors, question)
+            out.append({'text': sc.text, 'clip': sc.clip, 'seen': sc.seen, 'voxel_weight': sc.voxel_weight,
+                        'target': sc.seen[:, torch.as_tensor(asked)].mean(1)})
+    return out
+
+
+def fit_weights(examples: list[dict], k: int = 6, epochs: int = 40, lr: float = 0.05, temperature: float = 0.1,
+                seed: int = 0):
+    """Eq. 7's weights (from the defaults) trained through the soft top-k to see the named objects."""
+    from r3d_ros.views.scoring import ViewScoreWeights, soft_select
+
+    torch.manual_seed(seed)
+    weights = ViewScoreWeights()
+    opt = torch.optim.Adam(weights.parameters(), lr=lr)
+    for _ in range(epochs):
+        for i in torch.randperm(len(examples)).tolist():
+            e = examples[i]
+            taken = soft_select(weights, e['text'], e['clip'], e['seen'], e['voxel_weight'], k, temperature)
+            loss = -(taken @ e['target']) / k + weights.regularizer()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return weights
+
+
+@torch.no_grad()
+def named_objects_seen(weights, examples: list[dict], k: int = 6) -> float:
+    """Mean over questions of the best share of the named objects' voxels one of the k greedy picks sees."""
+    from r3d_ros.views.scoring import greedy_select
+
+    return float(np.mean([float(e['target'][greedy_select(weights, e['text'], e['clip'], e['seen'],
+                                                           e['voxel_weight'], k)[0]].max()) for e in examples]))
+
+
+def fit_main(args) -> int:
+    from r3d_ros.views.scoring import ViewScoreWeights
+    from r3d_ros.views.selector import ViewSelector, ViewSelectorConfig
+
+    selector = ViewSelector(ViewSelectorConfig(text_encoder=args.out))
+    train_set = selection_examples(args.scenes, args.seed0, selector)
+    val_set = selection_examples(args.val_scenes, args.seed0 + args.scenes, selector)
+    weights = fit_weights(train_set, epochs=args.epochs)
+    fixed = ViewScoreWeights()
+    stats = {'w_text': round(float(weights.w_text), 4), 'w_coverage': round(float(weights.w_coverage), 4),
+             'train_questions': len(train_set), 'val_questions': len(val_set), 'epochs': args.epochs,
+             'val_named_objects_seen_fixed': round(named_objects_seen(fixed, val_set), 4),
+             'val_named_objects_seen_learned': round(named_objects_seen(weights, val_set), 4)}
+    (Path(args.out) / 'selection_weights.json').write_text(json.dumps(stats, indent=2))
+    print(json.dumps(stats))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description='Train the view-text aligner used to score candidate views.')
     ap.add_argument('--out', required=True, help='checkpoint folder (save_pretrained)')
@@ -128,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--epochs', type=int, default=20)
     ap.add_argument('--size', type=int, default=64, help='render size (the selector scores at this size)')
     ap.add_argument('--min-pixels', type=int, default=40, help='pixels a named object needs to count as seen')
+    ap.add_argument('--fit-weights', action='store_true',
+                    help="fit Eq. 7's selection weights for the aligner in --out (see the module docstring; "
+                         'with --scenes 100 --val-scenes 20 --epochs 40)')
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.fit_weights:
+        return fit_main(args)
     t0 = time.perf_counter()
     data = build_examples(args.scenes, args.seed0, args.size, args.min_pixels)
     val = build_examples(args.val_scenes, args.seed0 + args.scenes, args.size, args.min_pixels)
