@@ -186,7 +186,7 @@ def fit_main(args) -> int:
     val_set = selection_examples(args.val_scenes, args.seed0 + args.scenes, selector)
     weights = fit_weights(train_set, epochs=args.epochs)
     fixed = ViewScoreWeights()
-    stats = {'w_text': round(float(weights.w_text), 4), 'w_coverage': round(float(weights.w_coverage), 4),
+    stats = {'w_text': round(weights.w_text.item(), 4), 'w_coverage': round(weights.w_coverage.item(), 4),
              'train_questions': len(train_set), 'val_questions': len(val_set), 'epochs': args.epochs,
              'val_named_objects_seen_fixed': round(named_objects_seen(fixed, val_set), 4),
              'val_named_objects_seen_learned': round(named_objects_seen(weights, val_set), 4)}
