@@ -187,3 +187,23 @@ def test_selected_views_show_the_named_object_more_often_than_evenly_spaced_ring
           f' ({n} questions, 50 held-out scenes)')
     assert n >= 100
     assert rate_sel > rate_ring + 0.05, (rate_sel, rate_ring)
+
+
+def test_fitted_weights_select_views_that_see_the_named_objects_better(selector):
+    """Eq. 7's weights trained through the soft top-k on a few scenes' questions: the soft selection's share of
+    the named objects' voxels rises on those questions, and a selector with ``learned_weights`` reads the weights
+    ``r3d-train-aligner --fit-weights`` shipped."""
+    from r3d_ros.views.scoring import ViewScoreWeights, soft_select
+    from r3d_ros.views.train_aligner import fit_weights, selection_examples
+
+    examples = selection_examples(2, 2000, selector, per_scene=3)
+    assert len(examples) >= 4
+
+    def seen(weights):
+        with torch.no_grad():
+            return float(np.mean([float(soft_select(weights, e['text'], e['clip'], e['seen'], e['voxel_weight'], 6,
+                                                    0.1) @ e['target']) for e in examples]))
+    fitted = fit_weights(examples, epochs=10)
+    assert seen(fitted) > seen(ViewScoreWeights())
+    shipped = ViewSelector(ViewSelectorConfig(learned_weights=True)).weights
+    assert float(shipped.w_coverage) != pytest.approx(0.5)     # not the fixed default
