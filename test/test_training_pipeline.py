@@ -108,6 +108,10 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     cmp = json.loads(run('compare', '--data', str(toy_dir), str(tmp_path / 'sft.json'), str(tmp_path / 'grpo.json')))
     assert cmp['split'] == 'test' and set(cmp['metrics']) == {'Format', 'Acc@0.25', 'SemSim', 'KeyFact'}
     assert cmp['metrics']['Format']['n'] == 4
+    tasks = [json.loads(line)['task'] for line in (tmp_path / 'sft.predictions.jsonl').read_text().splitlines()]
+    cmp = json.loads(run('compare', '--data', str(toy_dir), str(tmp_path / 'sft.json'), str(tmp_path / 'grpo.json'),
+                         '--tasks', tasks[0]))
+    assert cmp['tasks'] == [tasks[0]] and cmp['metrics']['Format']['n'] == tasks.count(tasks[0])
 
     # the binding probe reads the teacher-forced <obj_k> targets; the fallback toy scenes' boxes match no proposal,
     # so it reads a few of the project generator's scenes

@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', required=True, help='dataset directory the two runs were scored on')
     p.add_argument('--encoder', default='minilm')
     p.add_argument('--out', help='also write the comparison here (JSON)')
+    p.add_argument('--tasks', nargs='+', help='compare on the records of these tasks only (e.g. attribute grounding)')
 
     for name, split, text in (
             ('ceiling', 'test', "object-identifier models: what perfect references and class head reach on the "
@@ -291,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(comps[0]) != len(comps[1]):
             raise SystemExit(f'the runs scored different records ({len(comps[0])} vs {len(comps[1])})')
         records = load_records(split_path(args.data, runs[0]['split']), len(comps[0]))
-        res = {'a': runs[0]['name'], 'b': runs[1]['name'], 'split': runs[0]['split'],
-               'metrics': paired_comparison(records, comps[0], comps[1], args.encoder,
-                                            *(read_answers(Path(p).with_suffix('.predictions.jsonl'))
-                                              for p in (args.a, args.b)))}
+        answers = [read_answers(Path(p).with_suffix('.predictions.jsonl')) for p in (args.a, args.b)]
+        keep = [i for i, r in enumerate(records) if not args.tasks or r.task in args.tasks]
+        pick = lambda rows: [rows[i] for i in keep]   # noqa: E731
+        res = {'a': runs[0]['name'], 'b': runs[1]['name'], 'split': runs[0]['split'], 'tasks': args.tasks or 'all',
+               'metrics': paired_comparison(pick(records), *map(pick, comps), args.encoder, *map(pick, answers))}
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=2))
