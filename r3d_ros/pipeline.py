@@ -264,7 +264,7 @@ class ScenePipeline:
         objects = self._object_records(batch['point_clouds'])
         refusal = objects is not None and not_found_answer(question, objects[2], self.processor.class_names)
         if refusal:   # no generation: whatever the model wrote would name another object
-            timings['view_encoding_s'] = 0.0
+            timings.update(view_encoding_s=0.0, new_tokens=0, regenerations=0)
             result.objects, result.status, result.message = refusal['objects'], refusal['status'], refusal['message']
             result.think, result.answer_text = refusal['think'], refusal['answer_text']
             return

@@ -151,11 +151,11 @@ def test_busy_and_cancel_then_still_answering(graph, ros_node):
     # queue_size is 1 and a burst arrives within milliseconds, far faster than one answer: some are refused
     ids = [f'b{i}' for i in range(20)]
     for qid in ids:
-        pub.publish(String(data=json.dumps({'id': qid, 'question': 'What color is the sofa?'})))
+        pub.publish(String(data=json.dumps({'id': qid, 'question': 'What color is the table?'})))
     got = {qid: json.loads(answers.wait(lambda m, q=qid: json.loads(m.data)['id'] == q, 120).data) for qid in ids}
     statuses = [got[q]['status'] for q in ids]
     assert 'busy' in statuses and statuses[0] != 'busy', statuses
-    assert set(statuses) <= {'ok', 'busy', 'invalid_plan'}
+    assert set(statuses) <= {'ok', 'busy', 'invalid_plan', 'ungrounded', 'not_found'}
     # a cancelled id is answered `cancelled` when its query reaches the worker
     cancel.publish(String(data='c1'))
     time.sleep(1.0)  # the two topics are independent streams: let the cancel land first
