@@ -308,6 +308,16 @@ class ShapeMatcher:
         """``text`` is one whole shape."""
         return self.is_complete(self.advance(self.start, text, asked))
 
+    def share_walked(self, text: str, asked: tuple | None = None) -> float:
+        """The share of ``text``'s symbols read before it leaves every shape (1.0: it never does)."""
+        symbols, states, expansions = list(_symbols(text)), self.start, self.expansions(asked)
+        for i, sym in enumerate(symbols):
+            states = frozenset(s for node, pending, bound in states
+                               for s in self._step(node, pending, bound, sym, expansions, ()))
+            if not states:
+                return i / len(symbols)
+        return 1.0
+
     def allowed(self, states: frozenset, pieces: dict[int, str], asked: tuple | None = None,
                 objects: Sequence[frozenset] = ()) -> frozenset:
         """Ids of ``pieces`` (token id -> text) that keep ``states`` on some shape. Text pieces never read the
@@ -352,6 +362,14 @@ class AnswerShapes:
         asked = self.asked(question)
         return all(m.matches(body, asked) for name, body in sections(completion, self.tails).items()
                    if (m := self.matchers.get(name)))
+
+    def share_on_shape(self, completion: str, question: str | None = None) -> float:
+        """The least share of a section of ``completion`` that stays on the shapes before leaving them: near 1 for a
+        trained sentence with an odd ending ('standing on the floor' boxes no object), low for word salad the
+        grammar alone let through once the shapes had no way on."""
+        asked = self.asked(question)
+        return min((m.share_walked(body, asked) for name, body in sections(completion, self.tails).items()
+                    if body and (m := self.matchers.get(name))), default=1.0)
 
     @property
     def tails(self) -> bool:

@@ -175,6 +175,31 @@ def test_unseen_rooms_targets_are_on_shape_and_word_salad_is_not(targets):
     assert not m.matches('First, I locate the lamp <obj_21>')   # unfinished
 
 
+def test_word_salad_the_grammar_let_through_is_refused_and_an_odd_ending_is_not(processor):
+    """What the shipped model wrote for 'What color is the brown wardrobe?' (a colour question naming a colour, which
+    the generator never asks) once its shapes had no way on: each fact in it grounded, the sentence did not. It
+    leaves the shapes early and is refused; a trained sentence whose box ends oddly (the floor is no object) is not."""
+    from r3d_ros.pipeline import MIN_ON_SHAPE, STATUS_OK, STATUS_UNGROUNDED, on_shape, published_status
+
+    think = ('<think>First, I look for the brown wardrobe in the scene and find one, the wardrobe <obj_0>, centred at '
+             '[center <obj_0>]. Next, I examine the points that belong to the brown wardrobe and compare their colour '
+             'with the floor and walls. Then, most of these points have the same colour, which is [color <obj_0>]. '
+             'Finally, I conclude that the colour of the brown wardrobe is [color <obj_0>].</think>')
+    salad = think + '<answer>The wardrobe <obj_0> is in front of you fr of the [distance <obj_0> <obj_2>] to the ' \
+        'left fort of the wardrobe <obj_0></answer>'
+    trained = think + '<answer>The wardrobe <obj_0> is [color <obj_0>]. Its surface points, centred at [center ' \
+        '<obj_0>], are mostly [color <obj_0>], so [color <obj_0>] is the colour of the brown wardrobe. <box>wardrobe ' \
+        '<obj_0></box></answer>'
+    question = 'What color is the brown wardrobe?'
+    assert on_shape(processor, salad, question) < MIN_ON_SHAPE <= on_shape(processor, trained, question) == 1.0
+
+    class Grounded:   # every reference and fact resolved: only the shapes tell the two apart
+        ok, errors, text = True, [], trained.replace('<obj_0>', '(obj_0)')
+    assert published_status(Grounded, [], None, on_shape(processor, trained, question))[0] == STATUS_OK
+    status, message = published_status(Grounded, [], None, on_shape(processor, salad, question))
+    assert status == STATUS_UNGROUNDED and 'trained on' in message
+
+
 def test_the_grammar_under_shapes_lets_only_a_shape_go_on(processor, targets):
     from r3d_ros.grammar_decoding import GroundedGrammar
 

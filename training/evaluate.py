@@ -204,7 +204,7 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
     import torch
     from transformers import LogitsProcessorList
 
-    from r3d_ros.pipeline import decoding_kwargs, grounded_answer, not_found_answer
+    from r3d_ros.pipeline import decoding_kwargs, grounded_answer, not_found_answer, on_shape
 
     rendered = [views(r.scene_id, r.question) for r in chunk] if views is not None else None
     batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk],
@@ -234,7 +234,7 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
             out.append(('', f'<think>{refusal["think"]}</think><answer>{refusal["answer_text"]}</answer>', refusal))
             continue
         g = processor.ground(t, cloud, p, map_points=points, question=r.question)
-        out.append((t, g.text, grounded_answer(g, records, points)))
+        out.append((t, g.text, grounded_answer(g, records, points, on_shape(processor, t, r.question))))
     return out
 
 
