@@ -108,9 +108,39 @@ def object_phrases(question: str, classes) -> list[tuple[str, bool]]:
 def placeholder_form(question: str, classes) -> str:
     """``question`` in compared form with each object phrase written 'object' / 'objects'."""
     words = words_of(question)
-    for start, end, _, pl in reversed(phrase_spans(words, classes)):
+    return _with_placeholders(words, phrase_spans(words, classes))
+
+
+def _with_placeholders(words: list[str], spans) -> str:
+    words = list(words)
+    for start, end, _, pl in reversed(spans):
         words[start:end] = ['objects' if pl else 'object']
     return ' '.join(words)
+
+
+def fit_classifier(emb, labels):
+    """The template classifier over wordings' embeddings in placeholder form."""
+    from sklearn.linear_model import LogisticRegression
+
+    # C=100: nearly unregularised; at 1 to 10 the left-out wordings' probabilities fell below any threshold
+    return LogisticRegression(C=100.0, max_iter=5000).fit(emb, labels)
+
+
+@dataclass(frozen=True)
+class Reading:
+    template: int          # the classifier's choice among the templates the question fits
+    probability: float     # its probability among those
+    similarity: float      # cosine of the question with the nearest wording of those templates
+    nearest: int           # that wording's template
+
+
+def read_as(q, fits: list[int], labels: list[int], emb, clf) -> Reading:
+    """How an embedded question (placeholder form) reads among the templates ``fits``, by the classifier ``clf``
+    and the wordings ``emb`` (template ``labels``) it was fitted on."""
+    proba = dict(zip(clf.classes_.tolist(), clf.predict_proba(q[None])[0].tolist()))
+    best = max(fits, key=proba.__getitem__)
+    similarity, nearest = max((float(emb[k] @ q), i) for k, i in enumerate(labels) if i in fits)
+    return Reading(best, proba[best] / sum(proba[i] for i in fits), similarity, nearest)
 
 
 @dataclass
@@ -144,30 +174,30 @@ class QuestionInterpreter:
     @functools.cached_property
     def _exemplars(self):
         """(template index per wording, their embeddings in placeholder form, the classifier fitted on them)."""
-        from sklearn.linear_model import LogisticRegression
-
         labels = [i for i, t in enumerate(TEMPLATES) for _ in t.wordings]
         emb = self.encode([' '.join(words_of(w.format(**PLACEHOLDERS))) for t in TEMPLATES for w in t.wordings])
-        # C=100: nearly unregularised; at 1 to 10 the left-out wordings' probabilities fell below any threshold
-        return labels, emb, LogisticRegression(C=100.0, max_iter=5000).fit(emb, labels)
+        return labels, emb, fit_classifier(emb, labels)
+
+    def accepts(self, reading: Reading) -> bool:
+        """Sure enough of the template and near enough a wording, or its nearest wording is the same template's."""
+        sure = reading.probability >= self.min_probability and reading.similarity >= self.min_similarity
+        return sure or (reading.nearest == reading.template and reading.similarity >= self.min_agreeing_similarity)
 
     def __call__(self, question: str) -> Interpretation:
         question = question.strip()
         if is_template_wording(question):  # already a trained wording
             return Interpretation(question, 1.0, False)
-        phrases = object_phrases(question, self.classes)
+        words = words_of(question)
+        spans = phrase_spans(words, self.classes)
+        phrases = [(phrase, pl) for _, _, phrase, pl in spans]
         fits = [i for i, t in enumerate(TEMPLATES) if len(t.fields) == len(phrases)
                 and all((f == 'p') == pl for f, (_, pl) in zip(t.fields, phrases))]
         if not fits:
             return Interpretation(question, 0.0, False, 0.0)
         labels, emb, clf = self._exemplars
-        q = self.encode([placeholder_form(question, self.classes)])[0]
-        proba = dict(zip(clf.classes_.tolist(), clf.predict_proba(q[None])[0].tolist()))
-        best = max(fits, key=proba.__getitem__)
-        probability = proba[best] / sum(proba[i] for i in fits)
-        similarity, nearest = max((float(emb[k] @ q), i) for k, i in enumerate(labels) if i in fits)
-        sure = probability >= self.min_probability and similarity >= self.min_similarity
-        if not (sure or (nearest == best and similarity >= self.min_agreeing_similarity)):
-            return Interpretation(question, similarity, False, probability)
-        fill = {f: phrase for f, (phrase, _) in zip(TEMPLATES[best].fields, phrases)}
-        return Interpretation(TEMPLATES[best].text.format(**fill), similarity, True, probability)
+        reading = read_as(self.encode([_with_placeholders(words, spans)])[0], fits, labels, emb, clf)
+        if not self.accepts(reading):
+            return Interpretation(question, reading.similarity, False, reading.probability)
+        fill = {f: phrase for f, (phrase, _) in zip(TEMPLATES[reading.template].fields, phrases)}
+        return Interpretation(TEMPLATES[reading.template].text.format(**fill), reading.similarity, True,
+                              reading.probability)

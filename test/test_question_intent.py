@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from r3d_ros.question_intent import (
-    MIN_AGREEING_SIMILARITY,
     MIN_PROBABILITY,
     MIN_SIMILARITY,
     TEMPLATES,
     QuestionInterpreter,
+    fit_classifier,
     object_phrases,
     placeholder_form,
+    read_as,
 )
 from r3d_ros.scenes.paraphrase import PARAPHRASES
 
@@ -65,8 +66,6 @@ def test_threshold_leaves_no_training_wording_misread(interpreter):
     """Each training paraphrase, left out of the exemplars (and the classifier refitted without it), is read as its
     own template or not read at all: the thresholds admit no wrong reading (how MIN_PROBABILITY and MIN_SIMILARITY
     were chosen), and still read nearly all of them."""
-    from sklearn.linear_model import LogisticRegression
-
     labels, emb, _ = interpreter._exemplars
     rows = [(i, k) for i, t in enumerate(TEMPLATES) for k in range(len(t.wordings))]
     read_right = left_out = 0
@@ -75,15 +74,11 @@ def test_threshold_leaves_no_training_wording_misread(interpreter):
             continue
         left_out += 1
         keep = [m for m in range(len(rows)) if m != j]
-        clf = LogisticRegression(C=100.0, max_iter=5000).fit(emb[keep], [labels[m] for m in keep])
+        kept_labels = [labels[m] for m in keep]
         fits = [o for o, t in enumerate(TEMPLATES) if t.fields == TEMPLATES[i].fields]
-        proba = dict(zip(clf.classes_.tolist(), clf.predict_proba(emb[j][None])[0].tolist()))
-        best = max(fits, key=proba.__getitem__)
-        probability = proba[best] / sum(proba[o] for o in fits)
-        similarity, nearest = max((float(emb[m] @ emb[j]), labels[m]) for m in keep if labels[m] in fits)
-        sure = probability >= MIN_PROBABILITY and similarity >= MIN_SIMILARITY
-        if sure or (nearest == best and similarity >= MIN_AGREEING_SIMILARITY):
-            assert best == i, f'{TEMPLATES[i].wordings[k]!r} read as {TEMPLATES[best].text!r}'
+        reading = read_as(emb[j], fits, kept_labels, emb[keep], fit_classifier(emb[keep], kept_labels))
+        if interpreter.accepts(reading):
+            assert reading.template == i, f'{TEMPLATES[i].wordings[k]!r} read as {TEMPLATES[reading.template].text!r}'
             read_right += 1
     assert read_right >= left_out - 2
 
