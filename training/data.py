@@ -169,11 +169,15 @@ class SceneViews:
         return ViewSelector(ViewSelectorConfig(top_k=self.k, image_size=self.size,
                                                learned_weights=self.mode == 'learned'))
 
-    def render(self, scene_id: str, question: str) -> tuple[np.ndarray, np.ndarray]:
-        """(rgb (k, S, S, 3) uint8, depth (k, S, S) float16) for one question."""
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - questions come scene by scene: read each scene once, not per question
+    def _scene(self, scene_id: str):
         from r3d_ros.scenes.dataset import read_scene
 
-        scene = read_scene(self.data_dir / 'scenes' / f'{scene_id}.npz')
+        return read_scene(self.data_dir / 'scenes' / f'{scene_id}.npz')
+
+    def render(self, scene_id: str, question: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rgb (k, S, S, 3) uint8, depth (k, S, S) float16) for one question."""
+        scene = self._scene(scene_id)
         views = (self.selector.ring(scene.points, scene.colors, self.k) if self.mode == 'ring' else
                  self.selector.select(scene.points, scene.colors, question, self.k).views)
         return np.stack([v.rgb for v in views]), np.stack([v.depth for v in views]).astype(np.float16)
@@ -185,6 +189,11 @@ class SceneViews:
             self._views[key] = self.render(scene_id, question)
         rgb, depth = self._views[key]
         return list(rgb), [d.astype(np.float32) for d in depth]
+
+    def processor_inputs(self, pairs) -> dict:
+        """``views`` and ``depths`` for the processor, per (scene id, question) of a batch."""
+        rendered = [self(scene_id, question) for scene_id, question in pairs]
+        return {'views': [v for v, _ in rendered], 'depths': [d for _, d in rendered]}
 
     def load(self, split: str) -> bool:
         path = self.cache_path(split)
@@ -269,11 +278,10 @@ class SceneCollator:
         self.processor, self.clouds, self.max_length, self.views = processor, clouds, max_length, views
 
     def __call__(self, rows: list[dict]) -> dict:
-        rendered = [self.views(r['scene_id'], r['question']) for r in rows] if self.views is not None else None
+        views = {} if self.views is None else \
+            self.views.processor_inputs((r['scene_id'], r['question']) for r in rows)
         batch = self.processor(questions=[r['question'] for r in rows],
-                               point_clouds=[self.clouds[r['scene_id']] for r in rows],
-                               views=[v for v, _ in rendered] if rendered else None,
-                               depths=[d for _, d in rendered] if rendered else None,
+                               point_clouds=[self.clouds[r['scene_id']] for r in rows], **views,
                                targets=[r['completion'] for r in rows],
                                target_objects=[json.loads(r.get('objects') or '[]') for r in rows])
         if self.max_length is not None and batch['input_ids'].shape[1] > self.max_length:

@@ -176,6 +176,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
     ``views`` (``training.data.SceneViews``): each question's rendered views, for a model with a view tower."""
     from tqdm.auto import tqdm
 
+    from r3d_ros.pipeline import STATUS_INVALID_PLAN, STATUS_OK, STATUS_UNGROUNDED
     from training.grpo import placeholder_token_ids
 
     model = model.to(device).eval()
@@ -191,7 +192,7 @@ def generate_completions(model, processor, records: Sequence[QARecord], clouds, 
                                     suppress, attempt or None, grammar, views)
             for i, (r, g, a) in zip(idx, decoded):
                 raw[i], out[i], answers[i] = r, g, a
-        todo = [i for i in todo if answers[i].get('status', 'ok') in ('ungrounded', 'invalid_plan')]
+        todo = [i for i in todo if answers[i].get('status', STATUS_OK) in (STATUS_UNGROUNDED, STATUS_INVALID_PLAN)]
         if not todo or not getattr(processor, 'object_refs', False):
             break
     return raw, out, answers
@@ -206,10 +207,9 @@ def _decode_batch(model, processor, chunk: Sequence[QARecord], clouds, max_new_t
 
     from r3d_ros.pipeline import decoding_kwargs, grounded_answer, not_found_answer, on_shape
 
-    rendered = [views(r.scene_id, r.question) for r in chunk] if views is not None else None
+    extra = {} if views is None else views.processor_inputs((r.scene_id, r.question) for r in chunk)
     batch = processor(questions=[r.question for r in chunk], point_clouds=[clouds[r.scene_id] for r in chunk],
-                      views=[v for v, _ in rendered] if rendered else None,
-                      depths=[d for _, d in rendered] if rendered else None)
+                      **extra)
     batch = {k: v.to(device) for k, v in batch.items()}
     refs = getattr(processor, 'object_refs', False)
     probs = model.object_class_probs(batch['point_clouds']) if refs else None
