@@ -207,3 +207,12 @@ def test_fitted_weights_select_views_that_see_the_named_objects_better(selector)
     assert seen(fitted) > seen(ViewScoreWeights())
     shipped = ViewSelector(ViewSelectorConfig(learned_weights=True)).weights
     assert float(shipped.w_coverage) != pytest.approx(0.5)     # not the fixed default
+
+
+def test_missing_fitted_weights_and_an_unknown_view_mode_are_clear_errors(tmp_path):
+    from training.data import SceneViews
+
+    with pytest.raises(FileNotFoundError, match='r3d-train-aligner --fit-weights'):
+        ViewSelector(ViewSelectorConfig(learned_weights=True, text_encoder=str(tmp_path)))
+    with pytest.raises(ValueError, match='not one of'):
+        SceneViews(tmp_path, mode='none')
