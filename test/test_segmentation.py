@@ -219,3 +219,54 @@ def test_a_table_against_a_half_seen_wall_keeps_its_top(seed, frames, step, peri
     legs = [(c, s) for c, s in boxes if max(s[:2]) <= 0.3 and s[2] < table.size[2] and _iou(c, s, table.center,
                                                                                              table.size) > 0]
     assert not legs, legs
+
+
+def _covered(obj, boxes) -> bool:
+    return max((_iou(c, s, obj.center, obj.size) for c, s in boxes), default=0.0) >= 0.25
+
+
+def test_what_stands_on_furniture_has_a_proposal_of_its_own():
+    """Unseen seeds: before step 6 a monitor joined the desk of its colour, a laptop hid in the table top's voxels,
+    and a monitor's foot was cut from its screen, so about one in five things standing on furniture had no
+    proposal ("Bring the book to the bed." -> "I see no book"). Now every one that is told from its support by
+    height (>= 4 cm) or colour has one; a laptop in the colour of its table is the honest limit."""
+    from r3d_ros.scene_objects import color_name
+
+    found, total = 0, 0
+    for seed in range(9000, 9012):
+        scene = generate_scene(seed)
+        cloud = _cloud(scene)
+        boxes = segment_boxes(cloud, segment_objects(cloud))
+        support = {o.id: o for o in scene.objects}
+        for obj in scene.objects:
+            if obj.parent_id is None:
+                continue
+            parent = support[obj.parent_id]
+            same = color_name(np.asarray(obj.color_rgb)) == color_name(np.asarray(parent.color_rgb))
+            if obj.size[2] < 0.04 and same:
+                continue
+            total += 1
+            found += _covered(obj, boxes)
+    print(f'things on furniture with a proposal at IoU >= 0.25: {found}/{total}')
+    assert total >= 40 and found / total >= 0.9
+
+
+@pytest.mark.parametrize('seed', range(9000, 9012))
+def test_a_backrest_or_an_armrest_is_not_a_thing_standing_on_the_seat(seed):
+    """Step 6 looks above every top, seats included: a chair's backrest, a sofa's back and arms, a headboard stand
+    on the seat or mattress along a side, and stay one proposal with it."""
+    scene = generate_scene(seed)
+    found = _proposals_of(scene, segment_objects(_cloud(scene)))
+    seats = [o for o in scene.objects if o.label in ('chair', 'sofa', 'armchair', 'bed')]
+    assert all(found.get(o.id, 0) <= 1 for o in seats), [(o.label, found.get(o.id)) for o in seats]
+
+
+def test_the_demo_lamp_is_one_proposal_from_its_foot_to_its_shade():
+    """The demo room's live map: the lamp's darker pole and foot joined the nightstand and the shade alone was the
+    lamp (0.19 m tall, its box 0.13 m above the lamp's centre); split off the nightstand's top and joined to the
+    shade above it, the lamp's box is the lamp's."""
+    scene, cloud = _live_map()
+    boxes = segment_boxes(cloud, segment_objects(cloud))
+    lamp, nightstand = (next(o for o in scene.objects if o.label == label) for label in ('lamp', 'nightstand'))
+    assert max(_iou(c, s, lamp.center, lamp.size) for c, s in boxes) >= 0.5
+    assert max(_iou(c, s, nightstand.center, nightstand.size) for c, s in boxes) >= 0.5

@@ -21,7 +21,11 @@ Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for th
    as wide and rising from the table's bottom, counts as thin, and a footprint may overhang by two voxels),
    and a thin panel rising from inside its box along most of one side (a bed's headboard, taller than the bed:
    beds were counted twice). A thing resting on top of the other (a book on a table) starts at its top and is
-   never joined.
+   never joined;
+6. what stands on a top is split off it (point level, so a laptop lying within the table top's voxels counts):
+   above each segment's top surface its points, the segments resting there and DBSCAN's noise are clustered
+   again, and a cluster that rests on the top within its footprint, is not a panel along one side (a backrest)
+   and is told from the top by height or colour is an object; step 5 then joins a lamp's darker pole to its shade.
 
 Labels are per input point: -1 for structure and noise, else 0..K-1 with 0 the largest segment (most occupied
 voxels, so the order does not depend on how densely the cloud was sampled).
@@ -47,6 +51,10 @@ class SegmentationConfig:
     wall_band: float = 0.25       # m from a vertical bounding face of the map: where wall fragments lie
     wall_color_tol: float = 15.0  # CIE76 distance to that wall's colour under which a segment is the wall
     max_points: int = 60000  # larger inputs are voxelised to a coarser grid first (DBSCAN cost)
+    top_clearance: float = 0.01   # m above a support's top surface where what stands on it begins
+    top_color_weight: float = 0.3  # above a top: a part's shading (a monitor's foot 20 % darker) joins, a colour not
+    top_min_rise: float = 0.04    # m a thing in the support's own colour must rise above the top (not noise)
+    top_color_tol: float = 15.0   # CIE76 distance from the top's colour above which a flat thing is another object
 
 
 def _voxel_indices(xyz: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
@@ -103,18 +111,118 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
     if keep.sum() >= cfg.min_points:
         feats = np.concatenate([vx[keep], cfg.color_weight * vrgb[keep]], axis=1)
         voxel_labels[keep] = DBSCAN(eps=cfg.eps, min_samples=cfg.min_points).fit_predict(feats)
+    loose = keep & (voxel_labels == -1)  # DBSCAN's noise: a laptop's few voxels above a table top
     voxel_labels = _drop_wall_fragments(vx, vrgb, voxel_labels, ~keep, cfg)
     voxel_labels = _merge_parts_below(vx, voxel_labels, voxel)
-    # relabel by size (largest first), so a fixed number of object tokens keeps the biggest segments
-    found = voxel_labels[voxel_labels >= 0]
-    if len(found):
-        ids, counts = np.unique(found, return_counts=True)
-        order = ids[np.lexsort((ids, -counts))]
-        remap = np.full(voxel_labels.max() + 1, -1, np.int64)
-        remap[order] = np.arange(len(order))
-        voxel_labels = np.where(voxel_labels >= 0, remap[np.maximum(voxel_labels, 0)], -1)
-    labels[:] = voxel_labels[slot]
-    return labels
+    labels[:] = _split_what_stands_on_tops(xyz, rgb, voxel_labels[slot], loose[slot], cfg)
+    labels[:] = _merge_parts_below(xyz, labels, voxel)  # a lamp's darker pole and base under its shade
+    return _ordered_by_size(labels, slot)
+
+
+def _ordered_by_size(labels: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """Relabel 0..K-1 by occupied voxels (largest first), so a fixed number of object tokens keeps the biggest
+    segments and the order does not depend on how densely the cloud was sampled."""
+    found = labels >= 0
+    if not found.any():
+        return labels
+    pairs = np.unique(np.stack([labels[found], slot[found]], axis=1), axis=0)
+    ids, counts = np.unique(pairs[:, 0], return_counts=True)
+    order = ids[np.lexsort((ids, -counts))]
+    remap = np.full(labels.max() + 1, -1, np.int64)
+    remap[order] = np.arange(len(order))
+    return np.where(found, remap[np.maximum(labels, 0)], -1)
+
+
+def _split_what_stands_on_tops(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, loose: np.ndarray,
+                               cfg: SegmentationConfig) -> np.ndarray:
+    """Step 6: what stands on a support's top -> one segment per thing (point level).
+
+    DBSCAN joins a monitor to the desk of its colour, cuts a monitor's foot from its screen, and a voxel's
+    representative point hides a laptop lying in the desk top's voxels (on the test scenes 35 of 529 objects had
+    no proposal at IoU 0.25, 34 of them standing on furniture, and a question about them was answered "I see no
+    book"). So above each segment's top surface (its highest dense horizontal layer) its own points, the segments
+    resting there and DBSCAN's noise are clustered again, finer; a cluster is an object of its own when it lies
+    within the footprint, starts at the top, covers at most half of it, is not a panel along one side (a chair's
+    backrest, a headboard) and rises ``top_min_rise`` above the top or has a colour of its own (a laptop).
+    """
+    from sklearn.cluster import DBSCAN
+
+    from r3d_ros.scene_objects import lab
+
+    out = labels.copy()
+    for k in _by_footprint(xyz, labels):
+        part = np.flatnonzero(out == k)
+        top = _top_surface(xyz[part], cfg) if len(part) else None
+        if top is None:
+            continue
+        height, layer = top
+        lo, hi = xyz[part, :2].min(0), xyz[part, :2].max(0)
+        above = np.flatnonzero(_resting_on(xyz, out, loose, k, lo, hi, height, cfg))
+        if len(above) < cfg.min_points:
+            continue
+        feats = np.concatenate([xyz[above], cfg.top_color_weight * rgb[above]], axis=1)
+        clusters = DBSCAN(eps=cfg.eps, min_samples=3).fit_predict(feats)
+        top_colour = np.median(lab(rgb[part[layer]]), axis=0)
+        for c in np.unique(clusters[clusters >= 0]):
+            rows = above[clusters == c]
+            distinct = np.linalg.norm(np.median(lab(rgb[rows]), axis=0) - top_colour) > cfg.top_color_tol
+            if _stands_on(xyz[rows], lo, hi, height, distinct, cfg):
+                # with its foot: the support's points under the clearance, above the surface, in its footprint
+                rlo, rhi = xyz[rows, :2].min(0), xyz[rows, :2].max(0)
+                foot = part[(xyz[part, 2] > height) & np.all((xyz[part, :2] >= rlo) & (xyz[part, :2] <= rhi), axis=1)]
+                out[np.union1d(rows, foot)] = out.max() + 1
+    return out
+
+
+def _by_footprint(xyz: np.ndarray, labels: np.ndarray) -> list[int]:
+    """Segment ids, largest footprint first (a table is split before the box standing on it is looked at)."""
+    ids = [int(k) for k in np.unique(labels[labels >= 0])]
+    area = {k: float(np.prod(np.ptp(xyz[labels == k, :2], axis=0))) for k in ids}
+    return sorted(ids, key=lambda k: (-area[k], k))
+
+
+def _resting_on(xyz, labels, loose, k, lo, hi, height, cfg: SegmentationConfig) -> np.ndarray:
+    """Mask of the points above segment k's top at ``height``: its own, whole segments lying within its
+    footprint from the top up, and loose (noise) points over the footprint."""
+    over = np.all((xyz[:, :2] >= lo - cfg.voxel) & (xyz[:, :2] <= hi + cfg.voxel), axis=1)
+    high = xyz[:, 2] > height + cfg.top_clearance
+    mask = ((labels == k) | (loose & over & (labels == -1))) & high
+    for j in np.unique(labels[over & (labels >= 0) & (labels != k)]):
+        pts = xyz[labels == j]
+        if over[labels == j].all() and pts[:, 2].min() >= height - cfg.voxel:
+            mask |= labels == j
+    return mask
+
+
+def _top_surface(xyz: np.ndarray, cfg: SegmentationConfig) -> tuple[float, np.ndarray] | None:
+    """(height, mask of its points) of the highest dense horizontal layer (1 cm bins) spanning half the
+    footprint: a table's top, a chair's seat, a mattress. None for a segment too small to carry anything."""
+    extent = xyz[:, :2].max(0) - xyz[:, :2].min(0)
+    if len(xyz) < 3 * cfg.min_points or extent.min() < 0.25:
+        return None
+    bins = np.floor((xyz[:, 2] - xyz[:, 2].min()) / 0.01).astype(np.int64)
+    counts = np.bincount(bins)
+    for b in np.flatnonzero(counts >= 0.3 * counts.max())[::-1]:
+        layer = bins == b
+        span = xyz[layer, :2].max(0) - xyz[layer, :2].min(0)
+        if np.prod(span) >= 0.5 * np.prod(extent):
+            return float(np.percentile(xyz[layer, 2], 95)), layer
+    return None
+
+
+def _stands_on(pts: np.ndarray, lo: np.ndarray, hi: np.ndarray, height: float, distinct: bool,
+               cfg: SegmentationConfig) -> bool:
+    """Whether a cluster of points above a top at ``height`` (footprint lo..hi) is a thing standing on it."""
+    plo, phi = pts.min(0), pts.max(0)
+    extent, other = phi[:2] - plo[:2], hi - lo
+    inside = np.all(plo[:2] >= lo - cfg.voxel) and np.all(phi[:2] <= hi + cfg.voxel)
+    rests = plo[2] <= height + cfg.top_clearance + cfg.voxel
+    small = np.prod(np.maximum(extent, cfg.voxel)) <= 0.5 * np.prod(other)
+    # a panel along one side, at that edge (a backrest, a headboard, a sofa's arm) is part of the furniture
+    at_edge = np.minimum(np.abs(plo[:2] - lo), np.abs(hi - phi[:2])) <= 2 * cfg.voxel
+    panel = bool(np.any(at_edge[::-1] & (extent >= 0.85 * other)))
+    rises = phi[2] - height >= cfg.top_min_rise
+    return bool(len(pts) >= cfg.min_points and inside and rests and small and not panel and (rises or distinct))
 
 
 def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: float = 0.08) -> np.ndarray:
