@@ -40,11 +40,14 @@ def slot_choice_stats(slot_logits: torch.Tensor, target: torch.Tensor, slot_clas
     same_class = slot_classes == target_class[:, None]
     unique = same_class.sum(-1) == 1
     right = pick == target
+    slots = torch.arange(pi.size(-1), device=pi.device)
+    p_right = float(pi[rows, target].sum())
     return {'positions': len(target),
             'slot_argmax_right': int(right.sum()),
             'slot_argmax_same_class': int((slot_classes[rows, pick] == target_class).sum()),
-            'p_right': float(pi[rows, target].sum()),
-            'p_right_class': float((pi * same_class).sum()),
+            'p_right': p_right,
+            # the target's probability plus the rest of its class's, so that rounding never puts it below p_right
+            'p_right_class': p_right + float((pi * (same_class & (slots != target[:, None]))).sum()),
             'class_unique': int(unique.sum()),
             'right_when_class_unique': int((right & unique).sum())}
 
