@@ -12,7 +12,6 @@ from training.data import SceneClouds
 from training.grpo import (
     box_token_mask,
     build_grpo_trainer,
-    expected_slot_loss,
     mirror_slot_loss,
     per_reward_advantages,
 )
@@ -28,8 +27,8 @@ def toy_dir(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp('toy'), num_scenes=3, use_project_generator=False)
 
 
-def make_trainer(toy_dir, tmp_path, reward_funcs=None, rewards=None, lr_scales=None, **train):
-    cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 128}, 'lr_scales': lr_scales,
+def make_trainer(toy_dir, tmp_path, reward_funcs=None, rewards=None, lr_scales=None, model=None, **train):
+    cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 128, **(model or {})}, 'lr_scales': lr_scales,
            'data': {'dir': str(toy_dir), 'max_points': 1024, 'max_train': 4},
            'rewards': rewards or {'names': ['format']},
            'train': {'per_device_train_batch_size': G, 'num_generations': G, 'max_completion_length': 6,
@@ -74,7 +73,7 @@ def test_grpo_loss_matches_eq5_by_hand(toy_dir, tmp_path, per_token):
     ref = logp + 0.3 * torch.randn(G, 5)
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.0])
     adv = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
-    if per_token:  # perception_credit 'box' hands trl a (G, T) advantage: Eq. 5 with A_{i,t} in place of A_i
+    if per_token:  # perception_credit 'box_mirror' hands trl a (G, T) advantage: Eq. 5 with A_{i,t} in place of A_i
         adv = adv[:, None] + torch.tensor([0.0, 0.0, 0.7, -0.4, 0.0])[None, :]
     adv_t = adv if per_token else adv[:, None]
 
@@ -145,7 +144,6 @@ def test_group_normalised_advantages_and_scene_in_generation(toy_dir, tmp_path):
     assert not any(p.requires_grad for p in ref.parameters())
 
 
-# -- perception_credit: 'box' ---------------------------------------------------------------------
 def test_lr_scales_give_matching_parameters_their_own_learning_rate(toy_dir, tmp_path):
     trainer, _ = make_trainer(toy_dir, tmp_path, lr_scales={r'self_attn\.(q|k)_proj': 30.0}, learning_rate=1e-4)
     optimizer = trainer.create_optimizer()
@@ -160,6 +158,12 @@ def test_lr_scales_give_matching_parameters_their_own_learning_rate(toy_dir, tmp
     assert decay_of[id(named[next(n for n in fast if n.endswith('q_proj.weight'))])] == trainer.args.weight_decay
     assert decay_of[id(named[next(n for n in fast if n.endswith('q_proj.bias'))])] == 0.0
     assert len(lr_of) == sum(p.requires_grad for p in named.values())   # every trainable parameter, once
+
+
+# -- perception_credit: 'box_mirror' --------------------------------------------------------------
+SLOTS, SLOT_POINTS = 4, 8
+SLOT_MODEL = {'num_points': 64, 'num_scene_tokens': 4, 'num_object_tokens': SLOTS, 'object_points': SLOT_POINTS,
+              'object_refs': True}
 
 
 def test_box_token_mask_covers_answer_boxes_only():
@@ -191,11 +195,10 @@ def test_per_reward_advantages_split_trl_advantage_by_hand():
         assert torch.all(parts[G:, 1] == 0)
 
 
-@pytest.mark.parametrize('credit', ['box', 'box_total'])
-def test_box_credit_puts_perception_advantage_on_box_tokens(toy_dir, tmp_path, credit):
-    trainer, processor = make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'],
-                                                                  'weights': [1.0, 2.0], 'perception_credit': credit},
-                                      scale_rewards='batch')
+def test_box_credit_puts_perception_advantage_on_box_tokens(toy_dir, tmp_path):
+    # the rows box_mirror's slot term does not carry (boxes written as numbers, or none)
+    rewards = {'names': ['format', 'perception'], 'weights': [1.0, 2.0], 'perception_credit': 'box_mirror'}
+    trainer, processor = make_trainer(toy_dir, tmp_path, rewards=rewards, model=SLOT_MODEL, scale_rewards='batch')
     tok = processor.tokenizer
     ids = lambda text: tok(text, add_special_tokens=False)['input_ids']
     with_box = ids(f'{THINK_OPEN}a{THINK_CLOSE}{ANSWER_OPEN}here {BOX_OPEN}chair_1 <obj_3>{BOX_CLOSE}')
@@ -212,15 +215,13 @@ def test_box_credit_puts_perception_advantage_on_box_tokens(toy_dir, tmp_path, c
     assert adv.shape == (G, T)
     box = box_token_mask(completion_ids, *(tok.convert_tokens_to_ids(t) for t in (BOX_OPEN, BOX_CLOSE, ANSWER_OPEN)))
     assert box[0].sum() == len(ids(f'{BOX_OPEN}chair_1 <obj_3>{BOX_CLOSE}'))
-    # box tokens: format + perception parts; every other token of a completion with a box: format only.
-    # box_total: each of the n_box box tokens gets n / n_box of the perception part, so that its token mean
-    # over the completion (Eq. 5) is the whole part, as under sequence credit
+    # box tokens: format + perception parts; every other token of a completion with a box: format only. Each of
+    # the n_box box tokens gets n / n_box of the perception part, so that its token mean over the completion
+    # (Eq. 5) is the whole part, as under sequence credit
     n_box, n = int(box[0].sum()), len(with_box)
-    scale = n / n_box if credit == 'box_total' else 1.0
-    assert torch.allclose(adv[0][box[0]], (parts[0, 0] + scale * parts[0, 1]).expand(n_box))
+    assert torch.allclose(adv[0][box[0]], (parts[0, 0] + n / n_box * parts[0, 1]).expand(n_box))
     assert torch.allclose(adv[0][~box[0]], parts[0, 0].expand(T - n_box))
-    if credit == 'box_total':
-        assert torch.allclose((adv[0] - parts[0, 0])[:n].mean(), parts[0, 1])
+    assert torch.allclose((adv[0] - parts[0, 0])[:n].mean(), parts[0, 1])
     # no box written: the whole (sequence-level) advantage on every token, unscaled
     assert torch.allclose(adv[1], parts[1].sum().expand(T))
     # a split that does not add up to trl's advantage is refused, not silently trained on
@@ -231,24 +232,10 @@ def test_box_credit_puts_perception_advantage_on_box_tokens(toy_dir, tmp_path, c
 
 def test_box_credit_needs_perception_reward(toy_dir, tmp_path):
     with pytest.raises(ValueError, match='perception'):
-        make_trainer(toy_dir, tmp_path, rewards={'names': ['format'], 'perception_credit': 'box'})
-    with pytest.raises(ValueError, match='perception_credit'):
-        make_trainer(toy_dir, tmp_path, rewards={'names': ['format'], 'perception_credit': 'tokens'})
-
-
-# -- perception_credit: 'box_expected' -------------------------------------------------------------
-def test_expected_slot_loss_gradient_by_hand():
-    # three slots with 0.9 of the position's probability mass, values 1, 0, 0.5
-    p = torch.tensor([[0.5, 0.3, 0.1]])
-    logps = p.log().requires_grad_(True)
-    v = torch.tensor([[1.0, 0.0, 0.5]])
-    loss = expected_slot_loss(logps, v)
-    b = (0.5 * 1.0 + 0.3 * 0.0 + 0.1 * 0.5) / 0.9
-    # at the current policy the value is 0 (the baseline is the policy's own expected value) ...
-    assert loss.item() == pytest.approx(0.0, abs=1e-7)
-    loss.sum().backward()
-    # ... and the gradient is the exact expectation of REINFORCE's at that token: -pi_k (v_k - b) per log pi_k
-    assert torch.allclose(logps.grad, -p * (v - b), atol=1e-6)
+        make_trainer(toy_dir, tmp_path, rewards={'names': ['format'], 'perception_credit': 'box_mirror'})
+    for retired in ('tokens', 'box', 'box_total', 'box_expected'):   # the last three: retired in session 18
+        with pytest.raises(ValueError, match='perception_credit must be one of'):
+            make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'], 'perception_credit': retired})
 
 
 def test_mirror_slot_loss_by_hand():
@@ -271,9 +258,6 @@ def test_mirror_slot_loss_by_hand():
     assert flat.item() == pytest.approx(0.0, abs=1e-7)
 
 
-SLOTS, SLOT_POINTS = 4, 8
-
-
 def _slot_cloud(processor):
     """A prepared cloud by hand: scene rows, then slot 0 = the truth's box, slot 1 = it shifted 0.5 m in x
     (IoU 1/3), slot 2 far away (IoU 0), slot 3 empty."""
@@ -289,15 +273,13 @@ def _slot_cloud(processor):
     return torch.cat([scene, rows])
 
 
-@pytest.mark.parametrize('credit', ['box_expected', 'box_mirror'])
-def test_slot_credit_rewards_every_slot_and_its_loss_gradient_matches_full_logits(toy_dir, tmp_path, credit):
+def test_slot_credit_rewards_every_slot_and_its_loss_gradient_matches_full_logits(toy_dir, tmp_path):
     import json
 
     torch.manual_seed(0)
-    cfg = {'seed': 0, 'model': {'preset': 'tiny', 'num_points': 64, 'num_scene_tokens': 4,
-                                'num_object_tokens': SLOTS, 'object_points': SLOT_POINTS, 'object_refs': True},
+    cfg = {'seed': 0, 'model': {'preset': 'tiny', **SLOT_MODEL},
            'data': {'dir': str(toy_dir), 'max_points': 1024, 'max_train': 4},
-           'rewards': {'names': ['format', 'perception'], 'weights': [1.0, 2.0], 'perception_credit': credit,
+           'rewards': {'names': ['format', 'perception'], 'weights': [1.0, 2.0], 'perception_credit': 'box_mirror',
                        'slot_step': 3.0},
            'train': {'per_device_train_batch_size': G, 'num_generations': G, 'max_completion_length': 6,
                      'beta': 0.0, 'epsilon': EPS, 'loss_type': 'grpo', 'learning_rate': 1e-3, 'use_cpu': True,
@@ -329,17 +311,16 @@ def test_slot_credit_rewards_every_slot_and_its_loss_gradient_matches_full_logit
     # the reward with each slot in place, whichever was sampled: IoU 1, 1/3, 0, and 0 for the empty slot
     for i in (0, 2):
         assert torch.allclose(slots['slot_rewards'][i][pos[i]][0], torch.tensor([1.0, 1 / 3, 0.0, 0.0]), atol=0.02)
-    std = (trainer._rewards_per_func * torch.tensor([1.0, 2.0])).sum(1).std() + 1e-4
-    scale = 2.0 if credit == 'box_mirror' else 2.0 / std      # the mirror term is a divergence: no reward std
-    assert torch.allclose(slots['slot_scale'][[0, 2]], torch.as_tensor(scale).expand(2))
-    # those rows' sampled perception part is gone (the expected term carries it); row 3 keeps box_total's
+    # w_p over the row's one referring position: the mirror term is a divergence, trl's reward std does not scale it
+    assert torch.allclose(slots['slot_scale'][[0, 2]], torch.tensor(2.0).expand(2))
+    # those rows' sampled perception part is gone (the slot term carries it); row 3 keeps it on its box tokens
     out.update(slots)
     adv = trainer.box_credit_advantages(out, pos.any(1))
     assert torch.allclose(adv[0], parts[0, 0].expand(T)) and torch.allclose(adv[2], parts[2, 0].expand(T))
     assert torch.allclose(adv[1], parts[1].sum().expand(T))
     assert not torch.allclose(adv[3], parts[3, 0].expand(T))
 
-    # the loss: trl's surrogate plus the expected term; its gradient against one computed from the plain
+    # the loss: trl's surrogate plus the mirror term; its gradient against one computed from the plain
     # forward's full logits (an independent path from the fused head and the decoder hook)
     model.eval()
     prompt = processor(questions=['Where is the chair?'] * G, point_clouds=[torch.rand(200, 6).numpy()] * G)
@@ -358,15 +339,10 @@ def test_slot_credit_rewards_every_slot_and_its_loss_gradient_matches_full_logit
 
     logits = model(input_ids=input_ids, attention_mask=attention, point_clouds=clouds).logits[:, -T - 1:-1]
     p = torch.softmax(logits.float() / 0.7, -1)[..., obj_ids][pos]                      # (2, SLOTS)
-    if credit == 'box_mirror':
-        pi = p / p.sum(-1, keepdim=True)
-        q = pi.detach() * torch.exp(3.0 * slots['slot_rewards'][pos])
-        q = q / q.sum(-1, keepdim=True)
-        by_hand = 2.0 * (q * (q.log() - pi.log())).sum() / G
-    else:
-        v = slots['slot_rewards'][pos] * slots['slot_scale'][:, None, None].expand_as(slots['slot_rewards'])[pos]
-        b = (p.detach() * v).sum(-1, keepdim=True) / p.detach().sum(-1, keepdim=True)
-        by_hand = -(p * (v - b)).sum() / G
+    pi = p / p.sum(-1, keepdim=True)
+    q = pi.detach() * torch.exp(3.0 * slots['slot_rewards'][pos])
+    q = q / q.sum(-1, keepdim=True)
+    by_hand = 2.0 * (q * (q.log() - pi.log())).sum() / G
     expect = torch.autograd.grad(by_hand, params, allow_unused=True)
     flat = lambda gs: torch.cat([(g if g is not None else torch.zeros_like(q)).flatten() for g, q in zip(gs, params)])
     assert flat(expect).abs().max() > 1e-4                       # the term really reaches the weights
@@ -376,7 +352,6 @@ def test_slot_credit_rewards_every_slot_and_its_loss_gradient_matches_full_logit
     assert trainer._metrics['eval']['box_expected/slot_p_best'][-1] == pytest.approx(p_best, rel=1e-4)
 
 
-@pytest.mark.parametrize('credit', ['box_expected', 'box_mirror'])
-def test_slot_credit_needs_object_refs(toy_dir, tmp_path, credit):
+def test_slot_credit_needs_object_refs(toy_dir, tmp_path):
     with pytest.raises(ValueError, match='object slots'):
-        make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'], 'perception_credit': credit})
+        make_trainer(toy_dir, tmp_path, rewards={'names': ['format', 'perception'], 'perception_credit': 'box_mirror'})

@@ -79,16 +79,16 @@ def test_sft_then_grpo_then_evaluate_end_to_end(toy_dir, tmp_path):
     assert len(loaded.config.object_ref_token_ids) == 32 and R3DProcessor.from_pretrained(str(final)).object_refs
     assert loaded.config.use_object_pointer
 
-    # tiny_grpo_box = the shipped model's tiny_grpo_refs + per-token credit for the perception reward (the split of
-    # trl's advantage is checked against trl's own on every step)
-    run('grpo', '--config', 'tiny_grpo_box', '--data', str(toy_dir), '--model', str(final),
+    # the shipped GRPO recipe: key-fact reward, mirror-descent credit at the referring <obj_k> tokens (the split of
+    # trl's advantage is checked against trl's own on every step), the slot pointer's own learning rate
+    run('grpo', '--config', 'tiny_grpo_pointer', '--data', str(toy_dir), '--model', str(final),
         '--output-dir', str(grpo_dir), *SMALL, '--set', 'train.max_steps=2', '--set', 'train.num_generations=4',
         '--set', 'train.gradient_accumulation_steps=1', '--set', 'train.max_completion_length=12',
         '--set', 'train.save_steps=2')
     grpo_logs = [d for d in log_lines(grpo_dir) if 'loss' in d]
     assert len(grpo_logs) == 2
     for key in ('rewards/format_reward/mean', 'rewards/perception_reward/mean', 'rewards/semantic_reward/mean',
-                'kl', 'clip_ratio/region_mean'):
+                'rewards/key_fact_reward/mean', 'kl', 'clip_ratio/region_mean'):
         assert key in grpo_logs[-1], key
     assert (grpo_dir / 'final' / 'model.safetensors').exists()
 
@@ -200,10 +200,11 @@ def test_paired_comparison_by_hand():
 
 
 def test_sft_under_accelerate_launch_two_cpu_processes(toy_dir, tmp_path):
+    # the shipped SFT config, so DDP also carries the object tokens, the class head and the slot pointer
     out = tmp_path / 'ddp'
     proc = subprocess.run(
         [str(BIN / 'accelerate'), 'launch', '--config_file', str(REPO / 'training/accelerate/cpu_2proc.yaml'),
-         '-m', 'training.cli', 'sft', '--config', 'tiny_sft', '--data', str(toy_dir), '--output-dir', str(out),
+         '-m', 'training.cli', 'sft', '--config', 'tiny_sft_pointer', '--data', str(toy_dir), '--output-dir', str(out),
          *SMALL, '--set', 'train.max_steps=3', '--set', 'train.per_device_train_batch_size=2',
          '--set', 'train.save_steps=3'],
         env=ENV, cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -19,7 +19,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 
 
 def config_path(name_or_path: str) -> Path:
-    """A path, or the name of a bundled config (``sft``, ``tiny_grpo``, ...)."""
+    """A path, or the name of a bundled config (``sft``, ``tiny_grpo_pointer``, ...)."""
     p = Path(name_or_path)
     if p.exists():
         return p

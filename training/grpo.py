@@ -21,39 +21,26 @@ built around image processors, so the cloud travels beside them:
   trl's ``skip_special_tokens=True`` decode would drop, zeroing the format reward).
 
 Credit for the perception reward (``rewards.perception_credit``). ``sequence`` (the default, the paper's Eq. 5):
-every token of a completion gets the same advantage, the weighted sum of all rewards, group-normalised. ``box``:
-the advantage is split into one part per reward (their sum is trl's advantage exactly, since the group mean is
-linear and all parts share trl's std), and the perception part goes only to the tokens of the answer's
-``<box>…</box>`` spans, the tokens the IoU is a function of (a completion with no box keeps it on every token:
-there the whole completion failed to write one). Format and similarity parts stay on every token. ``box_total``:
-the same, but each box token gets the perception part times n / n_box (n the completion's tokens, n_box its box
-tokens), so that after Eq. 5's per-completion token mean the part weighs what it weighs under sequence credit,
-concentrated on the box instead of diluted to n_box / n of it. The loss is
-still Eq. 5's clipped, group-relative surrogate with the KL term; only the advantage becomes per token, which
-trl's loss takes as a (B, T) tensor. Why it exists: with the object-identifier model one ``<obj_k>`` token
-decides the perception reward, and under sequence credit its (largest) advantage also pushed the ~200 wording
-tokens around it at random (training/README.md, "Per-token credit for the perception reward").
+every token of a completion gets the same advantage, the weighted sum of all rewards, group-normalised.
 
-``box_expected``: the perception part of a completion whose answer boxes refer to objects (``<obj_k>``) leaves the
-sampled surrogate altogether and becomes an exact expectation at those tokens. At each such position the reward
-the completion would have got with every slot k in its place, r_k (the same perception reward, on the completion
-with ``<obj_k>`` substituted: no generation needed), is known, so instead of the one-sample estimate
-(r_s − b) ∇log π(s) of the sampled slot s the loss takes the expectation over all slots,
-−Σ_k π_θ(k | prefix) (r_k − b) with b = Σ_k π(k) r_k / Σ_k π(k) (detached), scaled like ``box_total``'s part
-(w_p / s over the completion's referring positions; s trl's reward std). This is the "all-action" policy
-gradient (Mean Actor-Critic; the gradient of the expected reward of that one token, given the prefix):
-unbiased for the same objective, with no sampling variance at the token that decides the IoU. Completions
-whose boxes are written as numbers (or with no box) keep ``box_total`` credit. The format and similarity parts,
-the clipped surrogate on every token and the KL term are unchanged. Not in the paper (a credit-assignment
-choice, like ``box``); why it was tried: training/README.md, "Expected credit at the referring token".
-
-``box_mirror``: the same exact slot rewards r_k at the same positions, but instead of the expected policy gradient
-(whose push on the best slot's logit is π(best) (r_best − b), a few percent of a label's when π(best) is ~0.1) the
-loss is KL(q ‖ π̃) with π̃ the policy over the slots and q ∝ π̃ · exp(η r) its mirror-descent improvement
-(``rewards.slot_step`` = η; the KL-regularised policy-improvement step of MDPO / MPO, computed exactly because all
-K actions are scored). Its gradient on the slot logits is π̃ − q, which stays of order one when the right slot is
-unlikely. Weighted w_p per completion, shared over its referring positions. Not in the paper either; why it was
-tried: training/README.md, "Mirror-descent credit".
+``box_mirror`` (the embedded model's recipe, ``configs/tiny_grpo_pointer.yaml``): trl's advantage is split into one
+part per reward (their sum is trl's advantage exactly, since the group mean is linear and all parts share trl's
+std); format, similarity and key-fact parts stay on every token. The perception part of a completion whose answer
+boxes refer to objects (``<obj_k>``) leaves the sampled surrogate: at each such position the reward r_k the
+completion would have got with every slot k in its place is computed (the same perception reward on the
+completion with ``<obj_k>`` substituted; no generation needed), and the loss adds KL(q ‖ π̃), π̃ the policy over
+the slots and q ∝ π̃ · exp(η r) its mirror-descent improvement (``rewards.slot_step`` = η; the KL-regularised
+policy-improvement step of MDPO / MPO, exact because all K actions are scored), weighted w_p per completion and
+shared over its referring positions. Its gradient on the slot logits is π̃ − q, which stays of order one when the
+right slot is unlikely (the expected policy gradient's push on the best slot, π(best) (r_best − b), is a few
+percent of a label's when π(best) is ~0.1). A completion whose boxes are written as numbers keeps its perception
+part as a per-token advantage on the tokens of its answer's ``<box>…</box>`` spans, times n / n_box (n its tokens,
+n_box its box tokens) so that after Eq. 5's per-completion token mean it weighs what it weighs under sequence
+credit; a completion with no box keeps it on every token. The clipped surrogate and the KL term are otherwise
+Eq. 5's; trl's loss takes the (B, T) advantage as is. Not in the paper (a credit-assignment choice): under sequence
+credit, per-token box credit alone (sessions 5-6) and the exact expected gradient over the slots (session 8) the
+perception reward stayed flat; those two modes are retired (git history keeps them). training/README.md, "Per-token
+credit for the perception reward" to "Mirror-descent credit".
 """
 
 from __future__ import annotations
@@ -78,8 +65,7 @@ from training.modeling import enable_trl_fused_head, load_model_and_processor, s
 from training.rewards import REWARD_NAMES, build_reward_funcs, perception_reward_text
 
 _FORCED = {'remove_unused_columns': False}
-PERCEPTION_CREDITS = ('sequence', 'box', 'box_total', 'box_expected', 'box_mirror')
-SLOT_CREDITS = ('box_expected', 'box_mirror')   # credits that score every slot at a referring token
+PERCEPTION_CREDITS = ('sequence', 'box_mirror')
 
 
 def box_token_mask(completion_ids: torch.Tensor, box_open: int, box_close: int, answer_open: int) -> torch.Tensor:
@@ -116,18 +102,6 @@ def per_reward_advantages(rewards_per_func: torch.Tensor, weights: torch.Tensor,
     grouped = rewards_per_func.view(-1, num_generations, rewards_per_func.size(1))
     centred = torch.nan_to_num((grouped - grouped.nanmean(1, keepdim=True)) * w, nan=0.0)
     return centred.view_as(rewards_per_func) / reward_scale(rewards_per_func, weights, num_generations, scale_rewards)
-
-
-def expected_slot_loss(slot_logps: torch.Tensor, slot_values: torch.Tensor) -> torch.Tensor:
-    """(N,) loss of ``box_expected`` at N referring positions: −Σ_k π_k (v_k − b), b = Σ_k π_k v_k / Σ_k π_k.
-
-    ``slot_logps`` (N, K): log π_θ of each slot's ``<obj_k>`` token at the position (full-vocabulary softmax, so
-    the K probabilities need not sum to 1); ``slot_values`` (N, K): each slot's (scaled) reward there. The baseline
-    is detached: its gradient term Σ_k ∇π_k · b only moves probability between object and non-object tokens."""
-    p = slot_logps.exp()
-    held = p.detach()
-    baseline = (held * slot_values).sum(-1, keepdim=True) / held.sum(-1, keepdim=True).clamp(min=1e-12)
-    return -(p * (slot_values - baseline)).sum(-1)
 
 
 def mirror_slot_loss(slot_logps: torch.Tensor, slot_rewards: torch.Tensor, step: float) -> torch.Tensor:
@@ -190,14 +164,13 @@ class SceneGRPOTrainer(GRPOTrainer):
         # the next forward would then try to splice more encoder outputs than there are, so never sample them.
         gen = self.generation_config
         gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(placeholder_token_ids(model)))
-        if perception_credit != 'sequence':
+        if perception_credit == 'box_mirror':
             if 'perception_reward' not in self.reward_func_names:
                 raise ValueError(f'perception_credit {perception_credit!r} needs the perception reward')
             if self.multi_objective_aggregation != 'sum_then_normalize':
                 raise ValueError(f"perception_credit {perception_credit!r} splits trl's sum_then_normalize advantage")
             tok = self._tokenizer
             self._box_ids = tuple(tok.convert_tokens_to_ids(t) for t in (BOX_OPEN, BOX_CLOSE, ANSWER_OPEN))
-        if perception_credit in SLOT_CREDITS:
             if not (getattr(scene_processor, 'object_refs', False) and scene_processor.num_object_tokens):
                 raise ValueError(f'perception_credit {perception_credit!r} needs a model whose boxes refer to object '
                                  'slots (object_refs with object tokens)')
@@ -236,22 +209,20 @@ class SceneGRPOTrainer(GRPOTrainer):
         self._batch_boxes = [x.get('boxes') for x in inputs]
         output = super()._generate_and_score_completions(inputs)
         output.update(self._scene_inputs)
-        if self.perception_credit != 'sequence' and self.model.training:
-            expected_rows = None
-            if self.perception_credit in SLOT_CREDITS:
-                output.update(self.slot_rewards(output))
-                expected_rows = output['slot_positions'].any(1)
-            output['advantages'] = self.box_credit_advantages(output, expected_rows)
+        if self.perception_credit == 'box_mirror' and self.model.training:
+            output.update(self.slot_rewards(output))
+            output['advantages'] = self.box_credit_advantages(output, output['slot_positions'].any(1))
         return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
-    def box_credit_advantages(self, output: dict, expected_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def box_credit_advantages(self, output: dict, slot_rows: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) advantages: the perception part on the answer's box tokens, the other parts on every token
         (see the module docstring). Checked against trl's own (B,) advantage, of which it is a split. Rows in
-        ``expected_rows`` (``box_expected``) get no sampled perception part: the expected term carries it."""
+        ``slot_rows`` (those with referring ``<obj_k>`` tokens) get no sampled perception part: the slot term
+        carries it."""
         parts = per_reward_advantages(self._rewards_per_func, self.reward_weights, self.num_generations,
                                       self.scale_rewards)
         n = output['completion_ids'].size(0)
@@ -262,23 +233,22 @@ class SceneGRPOTrainer(GRPOTrainer):
         box = box_token_mask(output['completion_ids'], *self._box_ids) & output['completion_mask'].bool()
         has_box = box.any(1, keepdim=True)
         share = (box | ~has_box).to(parts.dtype)   # no box written: every token shares the perception part
-        if self.perception_credit in ('box_total', *SLOT_CREDITS):
-            # Eq. 5 averages each completion over its tokens, so on n_box of n tokens the part keeps only n_box / n
-            # of the weight it has under sequence credit; scaling by n / n_box gives it back, all on the box
-            n_tokens = output['completion_mask'].sum(1, keepdim=True).to(share)
-            share = share * torch.where(has_box, n_tokens / box.sum(1, keepdim=True).clamp(min=1).to(share), 1.0)
+        # Eq. 5 averages each completion over its tokens, so on n_box of n tokens the part would keep only n_box / n
+        # of the weight it has under sequence credit; scaling by n / n_box gives it back, all on the box
+        n_tokens = output['completion_mask'].sum(1, keepdim=True).to(share)
+        share = share * torch.where(has_box, n_tokens / box.sum(1, keepdim=True).clamp(min=1).to(share), 1.0)
         rest = parts.sum(1) - parts[:, k]
         perception = parts[:, k, None] * share
-        if expected_rows is not None:
-            perception = perception * (~expected_rows.to(perception.device))[:, None].to(perception)
+        if slot_rows is not None:
+            perception = perception * (~slot_rows.to(perception.device))[:, None].to(perception)
         return rest[:, None] + perception
 
     def slot_rewards(self, output: dict) -> dict[str, torch.Tensor]:
-        """``box_expected``'s inputs: ``slot_positions`` (B, T) bool, the ``<obj_k>`` tokens inside the answer's
+        """``box_mirror``'s inputs: ``slot_positions`` (B, T) bool, the ``<obj_k>`` tokens inside the answer's
         boxes of completions that have a ground-truth box; ``slot_rewards`` (B, T, K), the perception reward of the
         completion with slot k's token at that position (the other tokens as sampled), 0 elsewhere;
-        ``slot_scale`` (B,), w_p / s / (the completion's number of such positions); for ``box_mirror`` w_p / (that
-        number): its loss is a divergence, not an advantage-weighted term, so trl's reward std does not scale it."""
+        ``slot_scale`` (B,), w_p / (the completion's number of such positions): the loss is a divergence, not an
+        advantage-weighted term, so trl's reward std does not scale it."""
         ids, mask = output['completion_ids'], output['completion_mask'].bool()
         slots = self._slot_ids.to(ids.device)
         positions = box_token_mask(ids, *self._box_ids) & mask & torch.isin(ids, slots)
@@ -294,10 +264,6 @@ class SceneGRPOTrainer(GRPOTrainer):
             rewards[i, t] = torch.tensor([perception_reward_text(x, self._batch_boxes[i]) for x in texts])
         k = self.reward_func_names.index('perception_reward')
         per_row = float(self.reward_weights[k]) / positions.sum(1).clamp(min=1).cpu()
-        if self.perception_credit != 'box_mirror':
-            scale = reward_scale(self._rewards_per_func, self.reward_weights, self.num_generations, self.scale_rewards)
-            n, rank = ids.size(0), self.accelerator.process_index
-            per_row = per_row / scale[rank * n:(rank + 1) * n, 0].cpu()
         return {'slot_positions': positions, 'slot_rewards': rewards.to(ids.device),
                 'slot_scale': per_row.to(ids.device, torch.float32)}
 
@@ -346,8 +312,7 @@ class SceneGRPOTrainer(GRPOTrainer):
                                                      'view_mask') if k in inputs}
         if 'slot_positions' not in inputs:
             return super()._compute_loss(model, inputs)
-        # box_expected / box_mirror: the policy forward below also returns log pi of every slot at the referring
-        # positions
+        # box_mirror: the policy forward below also returns log pi of every slot at the referring positions
         capture = self._slot_capture = {'positions': inputs['slot_positions'], 'logps': []}
         try:
             loss = super()._compute_loss(model, inputs)
@@ -357,16 +322,15 @@ class SceneGRPOTrainer(GRPOTrainer):
         positions = inputs['slot_positions']
         rewards = inputs['slot_rewards'][positions]
         weight = inputs['slot_scale'][:, None].expand_as(positions)[positions].to(slot_logps)   # (N,)
-        if self.perception_credit == 'box_mirror':
-            per_position = weight * mirror_slot_loss(slot_logps, rewards.to(slot_logps), self.slot_step)
-        else:
-            per_position = expected_slot_loss(slot_logps, rewards.to(slot_logps) * weight[:, None])
+        per_position = weight * mirror_slot_loss(slot_logps, rewards.to(slot_logps), self.slot_step)
         # like trl's 'grpo' loss: per completion (a sum over its referring positions, each already divided by
         # their number), mean over the micro-batch, divided over the accumulation steps
         mode = 'train' if self.model.training else 'eval'
         normalizer = self.current_gradient_accumulation_steps if mode == 'train' else 1.0
         loss = loss + per_position.sum() / positions.size(0) / normalizer
         if positions.any():
+            # (the 'box_expected/' prefix is the name these metrics were first logged under; kept so that logs
+            # stay comparable)
             p = slot_logps.detach().exp()
             self._metrics[mode]['box_expected/slot_iou_policy'].append(
                 ((p * rewards).sum(-1) / p.sum(-1).clamp(min=1e-12)).mean().item())
@@ -393,7 +357,7 @@ class SceneGRPOTrainer(GRPOTrainer):
         logps, entropies = [], []
         capture, hidden = self._slot_capture, []
         hook = None
-        if capture is not None:  # box_expected: keep the decoder output of this (policy) forward
+        if capture is not None:  # box_mirror: keep the decoder output of this (policy) forward
             self._slot_capture = None  # one forward per loss
             decoder = _unwrapped(model).get_decoder()
             hook = decoder.register_forward_hook(lambda _m, _i, o: hidden.append(o.last_hidden_state))
