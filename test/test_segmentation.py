@@ -270,3 +270,35 @@ def test_the_demo_lamp_is_one_proposal_from_its_foot_to_its_shade():
     lamp, nightstand = (next(o for o in scene.objects if o.label == label) for label in ('lamp', 'nightstand'))
     assert max(_iou(c, s, lamp.center, lamp.size) for c, s in boxes) >= 0.5
     assert max(_iou(c, s, nightstand.center, nightstand.size) for c, s in boxes) >= 0.5
+
+
+def _orbit_map(seed: int, frames: int) -> np.ndarray:
+    """The demo room mapped live as the demo maps it (a lap in 10 s, 5 clouds a second), the orbit starting at a
+    seed-dependent phase, after ``frames`` clouds."""
+    from r3d_ros.mapping.voxel_map import VoxelMap
+    from r3d_ros.scenes.sensor_sim import SimulatedSensor, orbit_pose
+
+    scene = generate_scene(0, num_objects=(5, 30), point_density=400.0)
+    sensor = SimulatedSensor(scene, width=96, height=72, max_range=8.0, noise=True, max_points=20000, seed=seed)
+    vmap = VoxelMap(voxel_size=0.05)
+    for i in range(frames):
+        pose = orbit_pose(scene, seed * 0.37 + i * 0.2, period_s=10.0, radius_fraction=0.3, height=1.3,
+                          pitch_deg=15.0)
+        vmap.integrate(*sensor.capture(pose), pose=pose)
+    xyz, rgb, _ = vmap.snapshot()
+    return scene, np.concatenate([xyz, rgb.astype(np.float32) / 255.0], axis=1)
+
+
+@pytest.mark.parametrize('seed, frames', [(1, 55), (1, 100), (3, 100)])
+def test_live_maps_of_the_demo_room_have_one_proposal_per_object(seed, frames):
+    """Maps where the demo went wrong: in (1, 55) and (1, 100) floor bent off its plane came out as flat grey
+    pieces the class head called shelves ("How many shelves": 3 in a room with none); in (3, 100) the lamp's pole
+    stayed with the nightstand, so the book was placed 25 cm above its top. (A live map's book is its top face
+    only, 2 cm of its 6: its IoU is low, its centre right.)"""
+    scene, cloud = _orbit_map(seed, frames)
+    boxes = segment_boxes(cloud, segment_objects(cloud))
+    assert len(boxes) == len(scene.objects), [(np.round(c, 2), np.round(s, 2)) for c, s in boxes]
+    for obj in scene.objects:
+        assert min(np.linalg.norm(c - obj.center) for c, _ in boxes) <= 0.1, obj.label
+        if obj.label in ('lamp', 'nightstand'):
+            assert max(_iou(c, s, obj.center, obj.size) for c, s in boxes) >= 0.5, obj.label

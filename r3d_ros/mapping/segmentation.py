@@ -11,7 +11,8 @@ Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for th
    least ``plane_fraction`` of the points and spans ``min_plane_extent`` m in two directions;
 3. DBSCAN on xyz plus ``color_weight`` x rgb (0..1): touching objects of different colours stay apart;
 4. pieces of a wall the planes missed (a far, half-seen wall in a live map) are dropped: segments lying within
-   ``wall_band`` of a vertical bounding face of the map, in that wall's colour;
+   ``wall_band`` of a vertical bounding face of the map, in that wall's colour; so are flat pieces of the floor in
+   the floor's colour;
 5. parts below another segment join it: a segment whose top touches the underside of a larger segment and whose
    footprint lies under it (legs and side panels under a table top, which shading alone had split off: on the
    val scenes a table came out as five proposals) is one object with it, and so is a thin part (<= 15 cm across:
@@ -25,7 +26,8 @@ Steps (open3d for the voxel grid and RANSAC planes, scikit-learn's DBSCAN for th
 6. what stands on a top is split off it (point level, so a laptop lying within the table top's voxels counts):
    above each segment's top surface its points, the segments resting there and DBSCAN's noise are clustered
    again, and a cluster that rests on the top within its footprint, is not a panel along one side (a backrest)
-   and is told from the top by height or colour is an object; step 5 then joins a lamp's darker pole to its shade.
+   and is told from the top by height or colour is an object; a piece resting on such a thing, over its whole
+   footprint, is the same thing (a lamp's shade above its darker pole).
 
 Labels are per input point: -1 for structure and noise, else 0..K-1 with 0 the largest segment (most occupied
 voxels, so the order does not depend on how densely the cloud was sampled).
@@ -113,9 +115,9 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
         voxel_labels[keep] = DBSCAN(eps=cfg.eps, min_samples=cfg.min_points).fit_predict(feats)
     loose = keep & (voxel_labels == -1)  # DBSCAN's noise: a laptop's few voxels above a table top
     voxel_labels = _drop_wall_fragments(vx, vrgb, voxel_labels, ~keep, cfg)
+    voxel_labels = _drop_floor_fragments(vx, vrgb, voxel_labels, ~keep, cfg)
     voxel_labels = _merge_parts_below(vx, voxel_labels, voxel)
     labels[:] = _split_what_stands_on_tops(xyz, rgb, voxel_labels[slot], loose[slot], cfg)
-    labels[:] = _merge_parts_below(xyz, labels, voxel)  # a lamp's darker pole and base under its shade
     return _ordered_by_size(labels, slot)
 
 
@@ -163,15 +165,37 @@ def _split_what_stands_on_tops(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndar
         feats = np.concatenate([xyz[above], cfg.top_color_weight * rgb[above]], axis=1)
         clusters = DBSCAN(eps=cfg.eps, min_samples=3).fit_predict(feats)
         top_colour = np.median(lab(rgb[part[layer]]), axis=0)
-        for c in np.unique(clusters[clusters >= 0]):
-            rows = above[clusters == c]
+        found = []   # (label, lo, hi) of the things found on this top, lowest first
+        for rows in sorted((above[clusters == c] for c in np.unique(clusters[clusters >= 0])),
+                           key=lambda r: float(xyz[r, 2].min())):
+            plo, phi = xyz[rows].min(0), xyz[rows].max(0)
+            # a piece resting on a thing found here: the shade above a lamp's darker pole
+            base = None if plo[2] <= height + cfg.top_clearance + cfg.voxel else next(
+                (f for f in found if abs(plo[2] - f[2][2]) <= cfg.voxel and _overlap_xy(plo, phi, f[1], f[2])), None)
             distinct = np.linalg.norm(np.median(lab(rgb[rows]), axis=0) - top_colour) > cfg.top_color_tol
-            if _stands_on(xyz[rows], lo, hi, height, distinct, cfg):
-                # with its foot: the support's points under the clearance, above the surface, in its footprint
-                rlo, rhi = xyz[rows, :2].min(0), xyz[rows, :2].max(0)
-                foot = part[(xyz[part, 2] > height) & np.all((xyz[part, :2] >= rlo) & (xyz[part, :2] <= rhi), axis=1)]
-                out[np.union1d(rows, foot)] = out.max() + 1
+            if not _stands_on(xyz[rows], lo, hi, height if base is None else base[2][2], distinct, cfg):
+                continue
+            if base is not None and _within_xy(base[1], base[2], plo, phi, cfg.voxel):
+                label = base[0]   # the part below it (a pole under its shade) is the same thing
+                found.remove(base)
+                plo, phi = np.minimum(plo, base[1]), np.maximum(phi, base[2])
+            else:
+                label = out.max() + 1
+            if base is None:  # with its foot: the support's points under the clearance, above the surface
+                under = np.all((xyz[part, :2] >= plo[:2]) & (xyz[part, :2] <= phi[:2]), axis=1)
+                rows = np.union1d(rows, part[under & (xyz[part, 2] > height)])
+            out[rows] = label
+            found.append((label, plo, phi))
     return out
+
+
+def _overlap_xy(alo, ahi, blo, bhi) -> bool:
+    return bool(np.all(alo[:2] <= bhi[:2]) and np.all(blo[:2] <= ahi[:2]))
+
+
+def _within_xy(alo, ahi, blo, bhi, margin: float) -> bool:
+    """Whether footprint a lies within footprint b (with ``margin``)."""
+    return bool(np.all(alo[:2] >= blo[:2] - margin) and np.all(ahi[:2] <= bhi[:2] + margin))
 
 
 def _by_footprint(xyz: np.ndarray, labels: np.ndarray) -> list[int]:
@@ -310,6 +334,28 @@ def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, s
         if near[:, part].any(axis=0).mean() >= 0.98 and by_wall:
             out[part] = -1
             out = _keep_what_is_not_wall(xyz, rgb, colours, part, by_wall, out, cfg)
+    return out
+
+
+def _drop_floor_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, structure: np.ndarray,
+                          cfg: SegmentationConfig) -> np.ndarray:
+    """Step 4 for the floor: flat segments (within ``2 * plane_distance`` of the floor level) in the floor's colour
+    are floor a noisy live map bent off its plane; the class head called them shelves and beds ("How many shelves
+    are there?": 3 in a room with none). A book lying on the floor has a colour of its own and stays."""
+    from r3d_ros.scene_objects import lab
+
+    level = float(np.percentile(xyz[:, 2], 1))
+    floor = structure & (xyz[:, 2] <= level + cfg.plane_distance)
+    if floor.sum() < cfg.min_points:
+        return labels
+    colours = lab(rgb)
+    floor_colour = np.median(colours[floor], axis=0)
+    out = labels.copy()
+    for k in np.unique(labels[labels >= 0]):
+        part = labels == k
+        flat = xyz[part, 2].max() <= level + 2 * cfg.plane_distance
+        if flat and np.linalg.norm(np.median(colours[part], axis=0) - floor_colour) <= cfg.wall_color_tol:
+            out[part] = -1
     return out
 
 
