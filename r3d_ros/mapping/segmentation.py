@@ -75,8 +75,11 @@ def _structure_mask(xyz: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
         rest = np.flatnonzero(~structure)
         if len(rest) < 3 * cfg.min_points:
             break
-        o3d.utility.random.seed(0)  # RANSAC's samples: the same cloud gets the same labels
-        plane, inliers = cloud.select_by_index(rest.tolist()).segment_plane(cfg.plane_distance, 3, 200)
+        # the same cloud gets the same labels: seeded samples, and all 200 iterations (open3d's early stop races
+        # between its threads: the 5th plane of one test scene came out 4396 or 4383 voxels from run to run)
+        o3d.utility.random.seed(0)
+        plane, inliers = cloud.select_by_index(rest.tolist()).segment_plane(cfg.plane_distance, 3, 200,
+                                                                            probability=1.0)
         normal_z = abs(float(plane[2]))
         if len(inliers) < cfg.plane_fraction * len(xyz) or 0.1 <= normal_z <= 0.95:
             break  # no large plane left, or a slanted one (not room structure)
@@ -143,13 +146,10 @@ def _split_what_stands_on_tops(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndar
     representative point hides a laptop lying in the desk top's voxels (on the test scenes 35 of 529 objects had
     no proposal at IoU 0.25, 34 of them standing on furniture, and a question about them was answered "I see no
     book"). So above each segment's top surface (its highest dense horizontal layer) its own points, the segments
-    resting there and DBSCAN's noise are clustered again, finer; a cluster is an object of its own when it lies
-    within the footprint, starts at the top, covers at most half of it, is not a panel along one side (a chair's
-    backrest, a headboard) and rises ``top_min_rise`` above the top or has a colour of its own (a laptop).
+    resting there and DBSCAN's noise are clustered again, colour weighing less (``top_color_weight``: a part's
+    shading joins it), and each piece is judged by :func:`_label_things_on_top`.
     """
     from sklearn.cluster import DBSCAN
-
-    from r3d_ros.scene_objects import lab
 
     out = labels.copy()
     for k in _by_footprint(xyz, labels):
@@ -164,29 +164,40 @@ def _split_what_stands_on_tops(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndar
             continue
         feats = np.concatenate([xyz[above], cfg.top_color_weight * rgb[above]], axis=1)
         clusters = DBSCAN(eps=cfg.eps, min_samples=3).fit_predict(feats)
-        top_colour = np.median(lab(rgb[part[layer]]), axis=0)
-        found = []   # (label, lo, hi) of the things found on this top, lowest first
-        for rows in sorted((above[clusters == c] for c in np.unique(clusters[clusters >= 0])),
-                           key=lambda r: float(xyz[r, 2].min())):
-            plo, phi = xyz[rows].min(0), xyz[rows].max(0)
-            # a piece resting on a thing found here: the shade above a lamp's darker pole
-            base = None if plo[2] <= height + cfg.top_clearance + cfg.voxel else next(
-                (f for f in found if abs(plo[2] - f[2][2]) <= cfg.voxel and _overlap_xy(plo, phi, f[1], f[2])), None)
-            distinct = np.linalg.norm(np.median(lab(rgb[rows]), axis=0) - top_colour) > cfg.top_color_tol
-            if not _stands_on(xyz[rows], lo, hi, height if base is None else base[2][2], distinct, cfg):
-                continue
-            if base is not None and _within_xy(base[1], base[2], plo, phi, cfg.voxel):
-                label = base[0]   # the part below it (a pole under its shade) is the same thing
-                found.remove(base)
-                plo, phi = np.minimum(plo, base[1]), np.maximum(phi, base[2])
-            else:
-                label = out.max() + 1
-            if base is None:  # with its foot: the support's points under the clearance, above the surface
-                under = np.all((xyz[part, :2] >= plo[:2]) & (xyz[part, :2] <= phi[:2]), axis=1)
-                rows = np.union1d(rows, part[under & (xyz[part, 2] > height)])
-            out[rows] = label
-            found.append((label, plo, phi))
+        pieces = sorted((above[clusters == c] for c in np.unique(clusters[clusters >= 0])),
+                        key=lambda rows: float(xyz[rows, 2].min()))
+        _label_things_on_top(xyz, rgb, out, part, layer, height, pieces, cfg)
     return out
+
+
+def _label_things_on_top(xyz, rgb, out, part, layer, height: float, pieces, cfg: SegmentationConfig) -> None:
+    """Give each piece (lowest first) above support ``part``'s top at ``height`` that is a thing standing on it a
+    label of its own in ``out``: it lies within the footprint, starts at the top, covers at most half of it, is not
+    a panel along one side (a chair's backrest, a headboard) and rises ``top_min_rise`` above the top or has a
+    colour of its own (a laptop). A piece resting over the whole footprint of a thing found here is that thing (a
+    lamp's shade above its darker pole)."""
+    from r3d_ros.scene_objects import lab
+
+    lo, hi = xyz[part, :2].min(0), xyz[part, :2].max(0)
+    top_colour = np.median(lab(rgb[part[layer]]), axis=0)
+    found = []   # (label, lo, hi) of the things found on this top
+    for rows in pieces:
+        plo, phi = xyz[rows].min(0), xyz[rows].max(0)
+        base = None if plo[2] <= height + cfg.top_clearance + cfg.voxel else next(
+            (f for f in found if abs(plo[2] - f[2][2]) <= cfg.voxel and _overlap_xy(plo, phi, f[1], f[2])), None)
+        distinct = np.linalg.norm(np.median(lab(rgb[rows]), axis=0) - top_colour) > cfg.top_color_tol
+        if not _stands_on(xyz[rows], lo, hi, height if base is None else base[2][2], distinct, cfg):
+            continue
+        label = out.max() + 1
+        if base is not None and _within_xy(base[1], base[2], plo, phi, cfg.voxel):
+            label = base[0]   # the part below it (a pole under its shade) is the same thing
+            found.remove(base)
+            plo, phi = np.minimum(plo, base[1]), np.maximum(phi, base[2])
+        if base is None:  # with its foot: the support's points under the clearance, above the surface
+            under = np.all((xyz[part, :2] >= plo[:2]) & (xyz[part, :2] <= phi[:2]), axis=1)
+            rows = np.union1d(rows, part[under & (xyz[part, 2] > height)])
+        out[rows] = label
+        found.append((label, plo, phi))
 
 
 def _overlap_xy(alo, ahi, blo, bhi) -> bool:
