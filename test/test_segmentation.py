@@ -38,6 +38,13 @@ def test_proposals_recover_most_objects_of_unseen_scenes():
 
 
 def test_labels_are_deterministic_and_ordered_by_size():
+    """The same cloud, the same labels: test-split scene 44 (r3d-make-data, seed 0) got another structure mask in
+    3 to 16 of 20 runs while open3d's RANSAC stopped early (its early stop races between threads)."""
+    from r3d_ros.scenes.dataset import scene_seed
+
+    scene44 = _cloud(generate_scene(scene_seed(0, 44)))
+    first = segment_objects(scene44)
+    assert all(np.array_equal(first, segment_objects(scene44.copy())) for _ in range(8))
     cloud = _cloud(generate_scene(9010))
     a, b = segment_objects(cloud), segment_objects(cloud.copy())
     assert np.array_equal(a, b)
