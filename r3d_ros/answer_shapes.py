@@ -293,13 +293,18 @@ class ShapeMatcher:
                 objects: Sequence[frozenset] = ()) -> frozenset:
         """The states after ``text`` (an ``<obj_k>`` in it is one REF symbol); empty: off every shape.
         ``objects[j]``: the map's objects the question's j-th phrase names (empty: any)."""
-        expansions = self.expansions(asked)
-        for sym in _symbols(text):
+        return self._walk(states, _symbols(text), self.expansions(asked), objects)[0]
+
+    def _walk(self, states: frozenset, symbols, expansions, objects: Sequence[frozenset] = ()) -> tuple[frozenset, int]:
+        """(the states after ``symbols``, empty when they leave every shape; how many symbols were read on them)."""
+        read = 0
+        for sym in symbols:
             states = frozenset(s for node, pending, bound in states
                                for s in self._step(node, pending, bound, sym, expansions, objects))
             if not states:
                 break
-        return states
+            read += 1
+        return states, read
 
     def is_complete(self, states: frozenset) -> bool:
         return any(self.terminal[node] and not pending for node, pending, _ in states)
@@ -310,13 +315,9 @@ class ShapeMatcher:
 
     def share_walked(self, text: str, asked: tuple | None = None) -> float:
         """The share of ``text``'s symbols read before it leaves every shape (1.0: it never does)."""
-        symbols, states, expansions = list(_symbols(text)), self.start, self.expansions(asked)
-        for i, sym in enumerate(symbols):
-            states = frozenset(s for node, pending, bound in states
-                               for s in self._step(node, pending, bound, sym, expansions, ()))
-            if not states:
-                return i / len(symbols)
-        return 1.0
+        symbols = list(_symbols(text))
+        states, read = self._walk(self.start, symbols, self.expansions(asked))
+        return 1.0 if states else read / len(symbols)
 
     def allowed(self, states: frozenset, pieces: dict[int, str], asked: tuple | None = None,
                 objects: Sequence[frozenset] = ()) -> frozenset:

@@ -415,15 +415,13 @@ def published_status(grounded, records, points: np.ndarray, on_shape: float = 1.
     (``invalid_plan`` when it is a plan), ``invalid_plan`` when its plan does not validate on the map and its
     records, else ``ok``. One rule for the reasoner and the evaluation."""
     has_plan = '<plan>' in grounded.text
+    refused = STATUS_INVALID_PLAN if has_plan else STATUS_UNGROUNDED
     if not grounded.ok:
-        status = STATUS_INVALID_PLAN if has_plan else STATUS_UNGROUNDED
-        return status, 'answer not grounded on the map: ' + '; '.join(grounded.errors)
+        return refused, 'answer not grounded on the map: ' + '; '.join(grounded.errors)
     if on_shape < MIN_ON_SHAPE:
-        return (STATUS_INVALID_PLAN if has_plan else STATUS_UNGROUNDED,
-                f'answer left the sentences the model was trained on ({on_shape:.0%} of it on them)')
+        return refused, f'answer left the sentences the model was trained on ({on_shape:.0%} of it on them)'
     if not is_format_valid(grounded.text):   # cut off by the token budget: half an answer is not an answer
-        return (STATUS_INVALID_PLAN if has_plan else STATUS_UNGROUNDED,
-                'answer incomplete: not one <think>...</think><answer>...</answer> (max_new_tokens reached?)')
+        return refused, 'answer incomplete: not one <think>...</think><answer>...</answer> (max_new_tokens reached?)'
     plan = parse_completion(grounded.text).plan
     if has_plan or plan:
         objects = {r.id: r.box for r in records}

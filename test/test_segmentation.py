@@ -111,16 +111,18 @@ def test_object_tokens_end_to_end_through_the_processor_and_model(tmp_path):
     assert (a - b).abs().max() < 1e-5, (a - b).abs().max()
 
 
-def _live_map(seed=0, frames=55):
-    """One lap of the demo's simulated depth camera fused as scene_map fuses it: walls seen far off and in parts."""
+def _live_map(frames=55, sensor_seed=0, step=0.2, period=30.0, phase=0.0):
+    """The demo room seen by its simulated depth camera on its orbit (``step`` s between clouds, a lap in ``period``
+    s, starting ``phase`` s in) and fused as scene_map fuses it: walls seen far off and in parts."""
     from r3d_ros.mapping.voxel_map import VoxelMap
     from r3d_ros.scenes.sensor_sim import SimulatedSensor, orbit_pose
 
-    scene = generate_scene(seed, num_objects=(5, 30), point_density=400.0)
-    sensor = SimulatedSensor(scene, width=96, height=72, max_range=8.0, noise=True, max_points=20000)
+    scene = generate_scene(0, num_objects=(5, 30), point_density=400.0)
+    sensor = SimulatedSensor(scene, width=96, height=72, max_range=8.0, noise=True, max_points=20000,
+                             seed=sensor_seed)
     vmap = VoxelMap(voxel_size=0.05)
     for i in range(frames):
-        pose = orbit_pose(scene, i / 5.0, period_s=30.0, radius_fraction=0.3, height=1.3, pitch_deg=15.0)
+        pose = orbit_pose(scene, phase + i * step, period_s=period, radius_fraction=0.3, height=1.3, pitch_deg=15.0)
         vmap.integrate(*sensor.capture(pose), pose=pose)
     xyz, rgb, _ = vmap.snapshot()
     return scene, np.concatenate([xyz, rgb.astype(np.float32) / 255.0], axis=1)
@@ -209,17 +211,7 @@ def test_a_table_against_a_half_seen_wall_keeps_its_top(seed, frames, step, peri
     with it, so a leg was the only 'table' left (demo: "What color is the table?" -> gray). A wall piece's points
     in a colour of their own are clustered again as objects. The last case: a leg whose noisy footprint
     overhangs the table's by more than a voxel (it is the table's up to two)."""
-    from r3d_ros.mapping.voxel_map import VoxelMap
-    from r3d_ros.scenes.sensor_sim import SimulatedSensor, orbit_pose
-
-    scene = generate_scene(0, num_objects=(5, 30), point_density=400.0)
-    sensor = SimulatedSensor(scene, width=96, height=72, max_range=8.0, noise=True, max_points=20000, seed=seed)
-    vmap = VoxelMap(voxel_size=0.05)
-    for i in range(frames):
-        pose = orbit_pose(scene, i * step, period_s=period, radius_fraction=0.3, height=1.3, pitch_deg=15.0)
-        vmap.integrate(*sensor.capture(pose), pose=pose)
-    xyz, rgb, _ = vmap.snapshot()
-    cloud = np.concatenate([xyz, rgb.astype(np.float32) / 255.0], axis=1)
+    scene, cloud = _live_map(frames, sensor_seed=seed, step=step, period=period)
     boxes = segment_boxes(cloud, segment_objects(cloud))
     table = next(o for o in scene.objects if o.label == 'table')
     assert max(_iou(c, s, table.center, table.size) for c, s in boxes) >= 0.5
@@ -279,30 +271,13 @@ def test_the_demo_lamp_is_one_proposal_from_its_foot_to_its_shade():
     assert max(_iou(c, s, nightstand.center, nightstand.size) for c, s in boxes) >= 0.5
 
 
-def _orbit_map(seed: int, frames: int) -> np.ndarray:
-    """The demo room mapped live as the demo maps it (a lap in 10 s, 5 clouds a second), the orbit starting at a
-    seed-dependent phase, after ``frames`` clouds."""
-    from r3d_ros.mapping.voxel_map import VoxelMap
-    from r3d_ros.scenes.sensor_sim import SimulatedSensor, orbit_pose
-
-    scene = generate_scene(0, num_objects=(5, 30), point_density=400.0)
-    sensor = SimulatedSensor(scene, width=96, height=72, max_range=8.0, noise=True, max_points=20000, seed=seed)
-    vmap = VoxelMap(voxel_size=0.05)
-    for i in range(frames):
-        pose = orbit_pose(scene, seed * 0.37 + i * 0.2, period_s=10.0, radius_fraction=0.3, height=1.3,
-                          pitch_deg=15.0)
-        vmap.integrate(*sensor.capture(pose), pose=pose)
-    xyz, rgb, _ = vmap.snapshot()
-    return scene, np.concatenate([xyz, rgb.astype(np.float32) / 255.0], axis=1)
-
-
 @pytest.mark.parametrize('seed, frames', [(1, 55), (1, 100), (3, 100)])
 def test_live_maps_of_the_demo_room_have_one_proposal_per_object(seed, frames):
     """Maps where the demo went wrong: in (1, 55) and (1, 100) floor bent off its plane came out as flat grey
     pieces the class head called shelves ("How many shelves": 3 in a room with none); in (3, 100) the lamp's pole
     stayed with the nightstand, so the book was placed 25 cm above its top. (A live map's book is its top face
     only, 2 cm of its 6: its IoU is low, its centre right.)"""
-    scene, cloud = _orbit_map(seed, frames)
+    scene, cloud = _live_map(frames, sensor_seed=seed, period=10.0, phase=seed * 0.37)
     boxes = segment_boxes(cloud, segment_objects(cloud))
     assert len(boxes) == len(scene.objects), [(np.round(c, 2), np.round(s, 2)) for c, s in boxes]
     for obj in scene.objects:

@@ -95,6 +95,8 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
     """(N, 3+F) cloud (xyz metres, rgb 0..1 or 0..255 in columns 3..5 when present) -> (N,) int labels."""
     from sklearn.cluster import DBSCAN
 
+    from r3d_ros.scene_objects import lab
+
     cfg = config or SegmentationConfig()
     cloud = np.asarray(cloud, np.float32)
     if cloud.ndim != 2 or cloud.shape[1] < 3:
@@ -118,8 +120,9 @@ def segment_objects(cloud: np.ndarray, config: SegmentationConfig | None = None)
         feats = np.concatenate([vx[keep], cfg.color_weight * vrgb[keep]], axis=1)
         voxel_labels[keep] = DBSCAN(eps=cfg.eps, min_samples=cfg.min_points).fit_predict(feats)
     loose = keep & (voxel_labels == -1)  # DBSCAN's noise: a laptop's few voxels above a table top
-    voxel_labels = _drop_wall_fragments(vx, vrgb, voxel_labels, ~keep, cfg)
-    voxel_labels = _drop_floor_fragments(vx, vrgb, voxel_labels, ~keep, cfg)
+    colours = lab(vrgb)
+    voxel_labels = _drop_wall_fragments(vx, vrgb, colours, voxel_labels, ~keep, cfg)
+    voxel_labels = _drop_floor_fragments(vx, colours, voxel_labels, ~keep, cfg)
     voxel_labels = _merge_parts_below(vx, voxel_labels, voxel)
     labels[:] = _split_what_stands_on_tops(xyz, rgb, voxel_labels[slot], loose[slot], cfg)
     return _ordered_by_size(labels, slot)
@@ -167,19 +170,19 @@ def _split_what_stands_on_tops(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndar
         clusters = DBSCAN(eps=cfg.eps, min_samples=3).fit_predict(feats)
         pieces = sorted((above[clusters == c] for c in np.unique(clusters[clusters >= 0])),
                         key=lambda rows: float(xyz[rows, 2].min()))
-        _label_things_on_top(xyz, rgb, out, part, layer, height, pieces, cfg)
+        _label_things_on_top(xyz, rgb, out, part, layer, (lo, hi), height, pieces, cfg)
     return out
 
 
-def _label_things_on_top(xyz, rgb, out, part, layer, height: float, pieces, cfg: SegmentationConfig) -> None:
-    """Give each piece (lowest first) above support ``part``'s top at ``height`` that is a thing standing on it a
-    label of its own in ``out``: it lies within the footprint, starts at the top, covers at most half of it, is not
-    a panel along one side (a chair's backrest, a headboard) and rises ``top_min_rise`` above the top or has a
-    colour of its own (a laptop). A piece resting over the whole footprint of a thing found here is that thing (a
-    lamp's shade above its darker pole)."""
+def _label_things_on_top(xyz, rgb, out, part, layer, footprint, height: float, pieces, cfg: SegmentationConfig) -> None:
+    """Give each piece (lowest first) above support ``part``'s top at ``height`` (``footprint``: its xy lo, hi) that
+    is a thing standing on it a label of its own in ``out``: it lies within the footprint, starts at the top, covers
+    at most half of it, is not a panel along one side (a chair's backrest, a headboard) and rises ``top_min_rise``
+    above the top or has a colour of its own (a laptop). A piece resting over the whole footprint of a thing found
+    here is that thing (a lamp's shade above its darker pole)."""
     from r3d_ros.scene_objects import lab
 
-    lo, hi = xyz[part, :2].min(0), xyz[part, :2].max(0)
+    lo, hi = footprint
     top_colour = np.median(lab(rgb[part[layer]]), axis=0)
     found = []   # (label, lo, hi) of the things found on this top
     for rows in pieces:
@@ -224,9 +227,9 @@ def _resting_on(xyz, labels, loose, k, lo, hi, height, cfg: SegmentationConfig) 
     high = xyz[:, 2] > height + cfg.top_clearance
     mask = ((labels == k) | (loose & over & (labels == -1))) & high
     for j in np.unique(labels[over & (labels >= 0) & (labels != k)]):
-        pts = xyz[labels == j]
-        if over[labels == j].all() and pts[:, 2].min() >= height - cfg.voxel:
-            mask |= labels == j
+        segment = labels == j
+        if over[segment].all() and xyz[segment, 2].min() >= height - cfg.voxel:
+            mask |= segment
     return mask
 
 
@@ -251,7 +254,7 @@ def _stands_on(pts: np.ndarray, lo: np.ndarray, hi: np.ndarray, height: float, d
     """Whether a cluster of points above a top at ``height`` (footprint lo..hi) is a thing standing on it."""
     plo, phi = pts.min(0), pts.max(0)
     extent, other = phi[:2] - plo[:2], hi - lo
-    inside = np.all(plo[:2] >= lo - cfg.voxel) and np.all(phi[:2] <= hi + cfg.voxel)
+    inside = _within_xy(plo, phi, lo, hi, cfg.voxel)
     rests = plo[2] <= height + cfg.top_clearance + cfg.voxel
     small = np.prod(np.maximum(extent, cfg.voxel)) <= 0.5 * np.prod(other)
     # a panel along one side, at that edge (a backrest, a headboard, a sofa's arm) is part of the furniture
@@ -274,8 +277,7 @@ def _merge_parts_below(xyz: np.ndarray, labels: np.ndarray, voxel: float, gap: f
             if b == a or area[b] <= 2 * area[a] or min(bhi[:2] - blo[:2]) > ROOM_SIZED:
                 continue
             # its footprint within b's (a noisy live map widens a leg by a voxel on each side)
-            under = np.all(alo[:2] >= blo[:2] - 2 * voxel) and np.all(ahi[:2] <= bhi[:2] + 2 * voxel)
-            if under and _part_of(alo, ahi, blo, bhi, voxel, gap):
+            if _within_xy(alo, ahi, blo, bhi, 2 * voxel) and _part_of(alo, ahi, blo, bhi, voxel, gap):
                 parent[a] = b
                 break
     out = labels.copy()
@@ -309,8 +311,8 @@ def _part_of(alo, ahi, blo, bhi, voxel: float, gap: float) -> bool:
     return thin and at_edge and alo[2] < bhi[2] - gap and extent[side] >= 0.6 * other[side]
 
 
-def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, structure: np.ndarray,
-                         cfg: SegmentationConfig) -> np.ndarray:
+def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, colours: np.ndarray, labels: np.ndarray,
+                         structure: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
     """Step 4: segments that are pieces of a wall the planes missed -> structure (-1).
 
     A wall a depth camera saw from metres away and in parts (its noise grows with range, ~4 cm at 5 m) does not
@@ -319,11 +321,8 @@ def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, s
     faces (1st / 99th percentile of x and y; a piece may span a corner) and its median colour is, within
     ``wall_color_tol``, that of a wall it lies by (the structure points by that face, or all points by it when
     no plane was found there); an object against the wall reaches further into the room, or has a colour of
-    its own.
+    its own. (``colours``: CIE Lab of ``rgb``.)
     """
-    from r3d_ros.scene_objects import lab
-
-    colours = lab(rgb)
     lo, hi = np.percentile(xyz[:, :2], 1, axis=0), np.percentile(xyz[:, :2], 99, axis=0)
     near, walls = [], []
     for axis in (0, 1):
@@ -349,18 +348,16 @@ def _drop_wall_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, s
     return out
 
 
-def _drop_floor_fragments(xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray, structure: np.ndarray,
+def _drop_floor_fragments(xyz: np.ndarray, colours: np.ndarray, labels: np.ndarray, structure: np.ndarray,
                           cfg: SegmentationConfig) -> np.ndarray:
     """Step 4 for the floor: flat segments (within ``2 * plane_distance`` of the floor level) in the floor's colour
     are floor a noisy live map bent off its plane; the class head called them shelves and beds ("How many shelves
-    are there?": 3 in a room with none). A book lying on the floor has a colour of its own and stays."""
-    from r3d_ros.scene_objects import lab
-
+    are there?": 3 in a room with none). A book lying on the floor has a colour of its own and stays. (``colours``:
+    CIE Lab per point.)"""
     level = float(np.percentile(xyz[:, 2], 1))
     floor = structure & (xyz[:, 2] <= level + cfg.plane_distance)
     if floor.sum() < cfg.min_points:
         return labels
-    colours = lab(rgb)
     floor_colour = np.median(colours[floor], axis=0)
     out = labels.copy()
     for k in np.unique(labels[labels >= 0]):
